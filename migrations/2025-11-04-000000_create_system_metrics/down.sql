@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS kafka_offsets;
+DROP TABLE IF EXISTS system_metrics;

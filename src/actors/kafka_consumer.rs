@@ -1,0 +1,389 @@
+//! The Kafka consumer actor.
+//!
+//! Owns the rdkafka consumer (a member of `KAFKA_GROUP_ID`, subscribed to `KAFKA_TOPIC`) and a
+//! task that reads records into [`RawChunk`]s and sends them to the [`Validator`]. Accepts
+//! [`OffsetsStored`] from the batch writer, and commits those offsets to Kafka, and [`Stop`],
+//! which ends the read task, drains the pipeline and makes a last synchronous commit.
+//!
+//! The read task runs beside the actor rather than inside it because awaiting the next
+//! record inside the actor would keep it from handling commits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::{FutureExt, StreamExt};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::batch_writer::OffsetsStored;
+use crate::actors::validator::{Drain, RawChunk, Validator};
+use crate::config::Settings;
+use crate::log_limit::LogLimit;
+use crate::stats::{PartitionReport, Stats};
+
+pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
+
+/// Ends the read task, flushes what the pipeline holds and commits its offsets.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Consumer settings Panopticon starts from; `KAFKA_CONSUMER_CONFIG` overrides any of them.
+/// librdkafka's own defaults wait up to 500 ms per fetch and back off a full second when its
+/// queue fills, which caps a fast consumer far below what the database takes.
+const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("fetch.wait.max.ms", "10"),
+    ("fetch.queue.backoff.ms", "10"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("topic.metadata.refresh.interval.ms", "10000"),
+    ("statistics.interval.ms", "5000"),
+    ("session.timeout.ms", "30000"),
+];
+
+/// Builds the consumer from the settings; a bad property is a configuration error.
+pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<MetricsConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("group.id", &settings.kafka_group_id)
+        .set("client.id", "panopticon");
+    for (key, value) in DEFAULT_PROPERTIES {
+        config.set(*key, *value);
+    }
+    for (key, value) in &settings.kafka_consumer_config.0 {
+        config.set(key, value);
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    let events = ConsumerEvents {
+        stats,
+        group: settings.kafka_group_id.clone(),
+        topic: settings.kafka_topic.clone(),
+        joined: AtomicBool::new(false),
+    };
+    config.create_with_context(events)
+}
+
+/// Callbacks librdkafka runs on the consumer's behalf: rebalances, commits, statistics.
+pub struct ConsumerEvents {
+    stats: Arc<Stats>,
+    group: String,
+    topic: String,
+    /// Whether "Kafka consumer connected" was logged already.
+    joined: AtomicBool,
+}
+
+impl ClientContext for ConsumerEvents {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // Connection failures are reported by the service itself, once, with what to do;
+        // librdkafka repeats them every second.
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                log::error!(target: "librdkafka", "{fac} {message}")
+            }
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                log::debug!(target: "librdkafka", "{fac} {message}")
+            }
+            _ => log::trace!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::debug!(target: "librdkafka", "{error}: {reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let Ok(mut partitions) = self.stats.partitions.lock() else {
+            return;
+        };
+        for (id, partition) in partitions.iter_mut() {
+            if let Some(seen) = topic.partitions.get(id) {
+                partition.high_watermark = Some(seen.hi_offset);
+                partition.lag = Some(match partition.committed_offset {
+                    Some(committed) => (seen.hi_offset - committed).max(0),
+                    None => seen.consumer_lag.max(0),
+                });
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerEvents {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let assigned: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                if let Ok(mut partitions) = self.stats.partitions.lock() {
+                    for p in &assigned {
+                        partitions
+                            .entry(*p)
+                            .or_insert_with(PartitionReport::default);
+                    }
+                }
+                self.stats.consumer_joined.store(true, Ordering::Relaxed);
+                if !self.joined.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "Kafka consumer connected group={} topic={} partitions={assigned:?}",
+                        self.group,
+                        self.topic
+                    );
+                } else {
+                    log::info!(
+                        "partitions assigned topic={} partitions={assigned:?}",
+                        self.topic
+                    );
+                }
+            }
+            Rebalance::Revoke(list) => {
+                let revoked: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                if let Ok(mut partitions) = self.stats.partitions.lock() {
+                    for p in &revoked {
+                        partitions.remove(p);
+                    }
+                }
+                log::info!(
+                    "partitions revoked topic={} partitions={revoked:?}",
+                    self.topic
+                );
+            }
+            Rebalance::Error(e) => log::warn!("consumer group rebalance failed: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let Ok(mut partitions) = self.stats.partitions.lock() else {
+                    return;
+                };
+                for element in offsets.elements_for_topic(&self.topic) {
+                    if let (Offset::Offset(next), Some(report)) =
+                        (element.offset(), partitions.get_mut(&element.partition()))
+                    {
+                        report.committed_offset = Some(next);
+                        if let Some(high) = report.high_watermark {
+                            report.lag = Some((high - next).max(0));
+                        }
+                    }
+                }
+            }
+            // The rows are stored; a failed commit only means they may be delivered again.
+            Err(e) => log::warn!("committing offsets to Kafka failed: {e}"),
+        }
+    }
+}
+
+pub struct KafkaConsumer {
+    consumer: Arc<MetricsConsumer>,
+    topic: String,
+    validator: Addr<Validator>,
+    stats: Arc<Stats>,
+    chunk_max: usize,
+    /// Ends the read task.
+    stop: CancellationToken,
+    /// The read task; awaited by [`Stop`] so shutdown knows when the last commit is done.
+    reader: Option<JoinHandle<()>>,
+}
+
+impl KafkaConsumer {
+    pub fn new(
+        consumer: MetricsConsumer,
+        settings: &Settings,
+        validator: Addr<Validator>,
+        stats: Arc<Stats>,
+    ) -> KafkaResult<KafkaConsumer> {
+        consumer.subscribe(&[settings.kafka_topic.as_str()])?;
+        Ok(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            topic: settings.kafka_topic.clone(),
+            validator,
+            stats,
+            chunk_max: settings.consumer_chunk_max as usize,
+            stop: CancellationToken::new(),
+            reader: None,
+        })
+    }
+
+    fn commit(&self, offsets: &[(i32, i64)], mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for (partition, next) in offsets {
+            if let Err(e) =
+                list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next))
+            {
+                log::warn!("cannot commit offset {next} of partition {partition}: {e}");
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, mode) {
+            log::warn!("committing offsets to Kafka failed: {e}");
+        }
+    }
+}
+
+impl Actor for KafkaConsumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let reader = Reader {
+            consumer: self.consumer.clone(),
+            validator: self.validator.clone(),
+            stats: self.stats.clone(),
+            chunk_max: self.chunk_max,
+            stop: self.stop.clone(),
+        };
+        let me = ctx.address();
+        self.reader = Some(actix_rt::spawn(async move {
+            let offsets = reader.run().await;
+            // Ask the actor to commit: it owns the topic name and the commit path.
+            let _ = me.send(FinalCommit(offsets)).await;
+        }));
+    }
+}
+
+/// The last offsets, committed synchronously before shutdown completes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct FinalCommit(Vec<(i32, i64)>);
+
+impl Handler<FinalCommit> for KafkaConsumer {
+    type Result = ();
+
+    fn handle(&mut self, FinalCommit(offsets): FinalCommit, _ctx: &mut Self::Context) {
+        self.commit(&offsets, CommitMode::Sync);
+        log::info!("final offsets committed: {offsets:?}");
+    }
+}
+
+impl Handler<OffsetsStored> for KafkaConsumer {
+    type Result = ();
+
+    fn handle(&mut self, OffsetsStored(offsets): OffsetsStored, _ctx: &mut Self::Context) {
+        self.stats.consumer.handled.fetch_add(1, Ordering::Relaxed);
+        self.commit(&offsets, CommitMode::Async);
+    }
+}
+
+impl Handler<Stop> for KafkaConsumer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Stop, _ctx: &mut Self::Context) -> Self::Result {
+        self.stop.cancel();
+        let reader = self.reader.take();
+        Box::pin(async move {
+            if let Some(reader) = reader {
+                let _ = reader.await;
+            }
+        })
+    }
+}
+
+/// The read task: records in, chunks out.
+struct Reader {
+    consumer: Arc<MetricsConsumer>,
+    validator: Addr<Validator>,
+    stats: Arc<Stats>,
+    chunk_max: usize,
+    stop: CancellationToken,
+}
+
+impl Reader {
+    /// Reads until stopped, then drains the pipeline and answers with the stored offsets.
+    async fn run(self) -> Vec<(i32, i64)> {
+        let mut errors = LogLimit::new("Kafka consumer errors", 1);
+        let mut stream = self.consumer.stream();
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                next = stream.next() => next,
+            };
+            let mut chunk = RawChunk::default();
+            let mut next = first;
+            // Take what is already fetched, up to a chunk, without waiting for more: under
+            // load chunks fill up, when idle a record goes on at once.
+            while let Some(item) = next {
+                match item {
+                    Ok(message) => chunk.push(
+                        message.partition(),
+                        message.offset(),
+                        message.payload().unwrap_or_default(),
+                    ),
+                    Err(e) => {
+                        self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
+                        if errors.allow() {
+                            log::warn!("Kafka consumer error (brokers {}): {e}", "configured");
+                        }
+                        break;
+                    }
+                }
+                if chunk.len() >= self.chunk_max {
+                    break;
+                }
+                next = stream.next().now_or_never().flatten();
+            }
+            if chunk.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            self.stats
+                .consumer
+                .records
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if !self.hand_off(chunk).await {
+                break;
+            }
+        }
+        match self.validator.send(Drain).await {
+            Ok(offsets) => offsets,
+            Err(e) => {
+                log::error!("pipeline could not be drained: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends a chunk to the validator, pausing the partitions while its mailbox is full.
+    /// Answers false if the validator is gone.
+    async fn hand_off(&self, chunk: RawChunk) -> bool {
+        self.stats
+            .validator
+            .enqueued
+            .fetch_add(1, Ordering::Relaxed);
+        let chunk = match self.validator.try_send(chunk) {
+            Ok(()) => return true,
+            Err(SendError::Full(chunk)) => chunk,
+            Err(SendError::Closed(_)) => return false,
+        };
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        if let Err(e) = self.consumer.pause(&assignment) {
+            log::debug!("pausing partitions failed: {e}");
+        }
+        self.stats.consumer_paused.store(true, Ordering::Relaxed);
+        log::debug!("validator mailbox full; partitions paused");
+        let sent = self.validator.send(chunk).await.is_ok();
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        if let Err(e) = self.consumer.resume(&assignment) {
+            log::debug!("resuming partitions failed: {e}");
+        }
+        self.stats.consumer_paused.store(false, Ordering::Relaxed);
+        sent
+    }
+}

@@ -1,0 +1,13 @@
+//! The pipeline: [`KafkaConsumer`] → [`Validator`] → [`BatchWriter`] → PostgreSQL.
+//!
+//! Records travel in chunks, one actor message per chunk. Every hand-off is an awaited `send`
+//! into a bounded mailbox, so a slow database fills the writer's mailbox, which parks the
+//! validator, which parks the consumer, which pauses its partitions.
+
+pub mod batch_writer;
+pub mod kafka_consumer;
+pub mod validator;
+
+pub use batch_writer::BatchWriter;
+pub use kafka_consumer::KafkaConsumer;
+pub use validator::Validator;

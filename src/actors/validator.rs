@@ -1,0 +1,184 @@
+//! The validator actor.
+//!
+//! Accepts [`RawChunk`] from the consumer and [`Drain`] at shutdown. Parses and checks every
+//! record of a chunk, logs and counts each rejected one, and sends the valid metrics with the
+//! offsets the chunk covers as one [`ValidChunk`] to the [`BatchWriter`]. It owns no data
+//! between chunks: the next chunk is taken only once this one is in the writer's mailbox.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use crate::actors::batch_writer::{BatchWriter, Flush, ValidChunk};
+use crate::domain::{Rules, ValidMetric};
+use crate::log_limit::LogLimit;
+use crate::stats::{Stats, Trigger};
+
+/// Where one record of a [`RawChunk`] lies.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// Range of the record's payload in [`RawChunk::payloads`].
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Kafka records in the order they were consumed, their payloads packed in one buffer so a
+/// chunk costs two allocations whatever its size.
+#[derive(Debug, Default, Message)]
+#[rtype(result = "()")]
+pub struct RawChunk {
+    pub payloads: Vec<u8>,
+    pub records: Vec<RawRecord>,
+}
+
+impl RawChunk {
+    pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        let start = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.records.push(RawRecord {
+            partition,
+            offset,
+            start,
+            end: self.payloads.len(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Sent last, at shutdown: flush everything and answer with the offsets now stored.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(i32, i64)>")]
+pub struct Drain;
+
+pub struct Validator {
+    /// The checks beyond the message's shape.
+    rules: Rules,
+    /// Where valid metrics go.
+    writer: Addr<BatchWriter>,
+    /// Shared counters for `/status`.
+    stats: Arc<Stats>,
+    /// Keeps a flood of bad messages from flooding the log.
+    rejection_log: LogLimit,
+    mailbox_capacity: usize,
+}
+
+impl Validator {
+    pub fn new(
+        rules: Rules,
+        writer: Addr<BatchWriter>,
+        stats: Arc<Stats>,
+        mailbox_capacity: usize,
+        log_per_sec: u32,
+    ) -> Validator {
+        stats
+            .validator
+            .capacity
+            .store(mailbox_capacity as u64, Ordering::Relaxed);
+        Validator {
+            rules,
+            writer,
+            stats,
+            rejection_log: LogLimit::new("invalid-message warnings", log_per_sec),
+            mailbox_capacity,
+        }
+    }
+
+    fn validate(&mut self, chunk: &RawChunk) -> ValidChunk {
+        let now_ms = Utc::now().timestamp_millis();
+        let mut metrics = Vec::with_capacity(chunk.len());
+        let mut next_offsets: Vec<(i32, i64)> = Vec::new();
+        for record in &chunk.records {
+            let payload = &chunk.payloads[record.start..record.end];
+            match ValidMetric::parse(payload, &self.rules, now_ms) {
+                Ok(metric) => metrics.push(metric),
+                Err(rejection) => {
+                    self.stats.count_rejection(rejection.reason);
+                    if self.rejection_log.allow() {
+                        log::warn!(
+                            "invalid message skipped partition={} offset={} reason={} detail=\"{}\"",
+                            record.partition,
+                            record.offset,
+                            rejection.reason.as_str(),
+                            rejection.detail.escape_debug()
+                        );
+                    }
+                }
+            }
+            match next_offsets
+                .iter_mut()
+                .find(|(p, _)| *p == record.partition)
+            {
+                Some(entry) => entry.1 = entry.1.max(record.offset + 1),
+                None => next_offsets.push((record.partition, record.offset + 1)),
+            }
+        }
+        ValidChunk {
+            metrics,
+            next_offsets,
+        }
+    }
+}
+
+impl Actor for Validator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl Handler<RawChunk> for Validator {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, chunk: RawChunk, _ctx: &mut Self::Context) -> Self::Result {
+        let valid = self.validate(&chunk);
+        self.stats
+            .validator
+            .records
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        drop(chunk);
+        let writer = self.writer.clone();
+        let stats = self.stats.clone();
+        // Atomic: the next chunk waits until this one is in the writer's mailbox, which keeps
+        // chunks in order and carries the writer's backpressure upstream.
+        AtomicResponse::new(Box::pin(
+            async move {
+                stats.writer.enqueued.fetch_add(1, Ordering::Relaxed);
+                if writer.send(valid).await.is_err() {
+                    log::error!("batch writer stopped; chunk not stored and not acknowledged");
+                }
+                stats.validator.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<Drain> for Validator {
+    type Result = AtomicResponse<Self, Vec<(i32, i64)>>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
+        self.rejection_log.roll_window();
+        let writer = self.writer.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                writer
+                    .send(Flush(Trigger::Shutdown))
+                    .await
+                    .unwrap_or_default()
+            }
+            .into_actor(self),
+        ))
+    }
+}

@@ -1,0 +1,207 @@
+//! Settings: every option is an environment variable with an equivalent flag, and `--help`
+//! lists each with its default.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Panopticon: a Kafka-to-TimescaleDB ingester for Kubernetes pod metrics.
+#[derive(Debug, Parser)]
+#[command(name = "panopticon", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingester (the default when no subcommand is given).
+    Run,
+    /// Run the whole pipeline against an in-process Kafka-protocol broker fed by simulated
+    /// pods; only a PostgreSQL is needed.
+    Demo(DemoArgs),
+    /// Produce simulated Fluent Bit pod metrics to a Kafka broker.
+    Simulate(SimulateArgs),
+}
+
+/// Everything the ingester needs to run.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic the metrics are consumed from.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "metrics.system")]
+    pub kafka_topic: String,
+
+    /// Kafka consumer group; instances sharing it share the topic's partitions.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "panopticon")]
+    pub kafka_group_id: String,
+
+    /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
+    /// override Panopticon's own consumer defaults.
+    #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
+    pub kafka_consumer_config: Properties,
+
+    /// PostgreSQL/TimescaleDB connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://admin:admin123@localhost:5433/panopticon"
+    )]
+    pub database_url: String,
+
+    /// Port of the HTTP server (0 picks a free port).
+    #[arg(long, env = "HTTP_PORT", default_value_t = 3001)]
+    pub http_port: u16,
+
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "HTTP_HOST", default_value = "0.0.0.0")]
+    pub http_host: String,
+
+    /// A batch is flushed to the database when it holds this many rows.
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_max_rows: u32,
+
+    /// A batch is flushed to the database when its oldest row has waited this long (ms).
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub batch_max_wait_ms: u64,
+
+    /// Most Kafka records the consumer hands to the validator in one chunk.
+    #[arg(long, env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub consumer_chunk_max: u32,
+
+    /// Mailbox capacity of the validator, in chunks.
+    #[arg(long, env = "VALIDATOR_MAILBOX_CAPACITY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub validator_mailbox_capacity: u32,
+
+    /// Mailbox capacity of the batch writer, in chunks.
+    #[arg(long, env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub writer_mailbox_capacity: u32,
+
+    /// How far in the future a metric's timestamp may lie (ms) before it is rejected.
+    #[arg(long, env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000)]
+    pub max_future_skew_ms: u64,
+
+    /// Most `[METRIC]` lines printed a second; the rest are summed up in one line.
+    #[arg(long, env = "METRIC_LOG_MAX_PER_SEC", default_value_t = 100)]
+    pub metric_log_max_per_sec: u32,
+
+    /// Most time (ms) a graceful shutdown may take to flush and commit before giving up.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Settings {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Options of `panopticon demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Number of simulated pods.
+    #[arg(long, default_value_t = 20)]
+    pub pods: u32,
+
+    /// Interval between two samples of one pod (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+}
+
+/// Options of `panopticon simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Kafka bootstrap servers to produce to.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+
+    /// Topic to produce to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "metrics.system")]
+    pub topic: String,
+
+    /// Number of simulated pods.
+    #[arg(long, default_value_t = 20)]
+    pub pods: u32,
+
+    /// Interval between two samples of one pod (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+
+    /// Stop after producing this many metrics (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+}
+
+/// librdkafka properties given on the command line, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties(pub Vec<(String, String)>);
+
+fn parse_properties(text: &str) -> Result<Properties, String> {
+    let mut properties = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not of the form key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("`{pair}` has an empty key"));
+        }
+        properties.push((key.to_owned(), value.trim().to_owned()));
+    }
+    Ok(Properties(properties))
+}
+
+/// The database URL with its password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse_pairs_and_reject_garbage() {
+        assert_eq!(
+            parse_properties("fetch.wait.max.ms=5, queued.min.messages = 1000").unwrap(),
+            Properties(vec![
+                ("fetch.wait.max.ms".into(), "5".into()),
+                ("queued.min.messages".into(), "1000".into())
+            ])
+        );
+        assert_eq!(parse_properties("").unwrap(), Properties::default());
+        assert!(parse_properties("fetch.wait.max.ms").is_err());
+        assert!(parse_properties("=5").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://admin:admin123@localhost:5433/panopticon"),
+            "postgres://admin:***@localhost:5433/panopticon"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The HTTP server: probes and the pipeline's status.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::stats::{ActorStats, Stats};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/status", web::get().to(status));
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Why the service cannot take metrics right now, if it cannot.
+fn not_ready_reason(stats: &Stats) -> Option<String> {
+    if !stats.database_connected.load(Ordering::Relaxed) {
+        return Some(match stats.database_error() {
+            Some(e) => format!("database unreachable: {e}"),
+            None => "database not connected yet".into(),
+        });
+    }
+    if !stats.consumer_joined.load(Ordering::Relaxed) {
+        return Some("Kafka consumer has not joined its group yet".into());
+    }
+    let assigned = stats.partitions.lock().map(|p| p.len()).unwrap_or(0);
+    if assigned == 0 {
+        return Some("no Kafka partition is assigned to this instance".into());
+    }
+    None
+}
+
+async fn ready(stats: web::Data<Arc<Stats>>) -> HttpResponse {
+    match not_ready_reason(&stats) {
+        None => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "not ready", "reason": reason })),
+    }
+}
+
+#[derive(Serialize)]
+struct ActorReport {
+    mailbox_depth: u64,
+    mailbox_capacity: u64,
+    messages_received: u64,
+    messages_handled: u64,
+    records: u64,
+    errors: u64,
+}
+
+impl From<&ActorStats> for ActorReport {
+    fn from(stats: &ActorStats) -> ActorReport {
+        ActorReport {
+            mailbox_depth: stats.mailbox_depth(),
+            mailbox_capacity: stats.capacity.load(Ordering::Relaxed),
+            messages_received: stats.enqueued.load(Ordering::Relaxed),
+            messages_handled: stats.handled.load(Ordering::Relaxed),
+            records: stats.records.load(Ordering::Relaxed),
+            errors: stats.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The backpressure state: `paused` when the consumer holds its partitions, `throttled` when
+/// a mailbox downstream is at least half full, `ok` otherwise.
+fn backpressure(stats: &Stats) -> (&'static str, String) {
+    if stats.consumer_paused.load(Ordering::Relaxed) {
+        return (
+            "paused",
+            "validator mailbox full: consumer paused its partitions".into(),
+        );
+    }
+    for (name, actor) in [("writer", &stats.writer), ("validator", &stats.validator)] {
+        let capacity = actor.capacity.load(Ordering::Relaxed);
+        let depth = actor.mailbox_depth();
+        if capacity > 0 && depth * 2 >= capacity {
+            return (
+                "throttled",
+                format!("{name} mailbox {depth}/{capacity} full"),
+            );
+        }
+    }
+    if stats.database_error().is_some() {
+        return (
+            "throttled",
+            "database writes are failing and being retried".into(),
+        );
+    }
+    ("ok", "keeping up".into())
+}
+
+async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
+    let (state, reason) = backpressure(&stats);
+    let partitions = stats
+        .partitions
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    let paused = stats.consumer_paused.load(Ordering::Relaxed);
+    let last_flush = stats.last_flush.lock().ok().and_then(|f| f.clone());
+    HttpResponse::Ok().json(json!({
+        "backpressure": { "state": state, "reason": reason },
+        "consumer": {
+            "actor": ActorReport::from(&stats.consumer),
+            "joined": stats.consumer_joined.load(Ordering::Relaxed),
+            "assigned_partitions": partitions.keys().collect::<Vec<_>>(),
+            "paused_partitions": if paused { partitions.keys().collect::<Vec<_>>() } else { Vec::new() },
+            "partitions": partitions,
+        },
+        "validator": {
+            "actor": ActorReport::from(&stats.validator),
+            "invalid_total": stats.rejected_total(),
+            "invalid_by_reason": stats.rejections(),
+        },
+        "writer": {
+            "actor": ActorReport::from(&stats.writer),
+            "rows_buffered": stats.rows_buffered.load(Ordering::Relaxed),
+            "rows_written": stats.rows_written.load(Ordering::Relaxed),
+            "last_flush": last_flush,
+            "flushes": {
+                "size": stats.flushes_by_size.load(Ordering::Relaxed),
+                "time": stats.flushes_by_time.load(Ordering::Relaxed),
+                "shutdown": stats.flushes_on_shutdown.load(Ordering::Relaxed),
+            },
+        },
+        "database": {
+            "connected": stats.database_connected.load(Ordering::Relaxed),
+            "error": stats.database_error(),
+            "storage": stats.storage.lock().ok().and_then(|s| s.clone()),
+        },
+        "ready": not_ready_reason(&stats).is_none(),
+    }))
+}

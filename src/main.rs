@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use panopticon::config::{Cli, Command};
+use panopticon::startup::{Application, StartupError, shutdown_signal};
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Run) => run(cli.settings).await,
+        Some(Command::Demo(args)) => panopticon::demo::run(cli.settings, args).await,
+        Some(Command::Simulate(args)) => panopticon::simulate::run(args)
+            .await
+            .map_err(|e| StartupError::Runtime(e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ StartupError::Config(_)) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: panopticon::config::Settings) -> Result<(), StartupError> {
+    Application::build(settings)?
+        .run_until_stopped(shutdown_signal())
+        .await
+}

@@ -1,0 +1,309 @@
+//! Builds the application: binds the HTTP listener, then connects the database and Kafka
+//! (retrying until they answer) and starts the actors. `main` and the tests use the same
+//! [`Application`].
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use rdkafka::consumer::Consumer;
+use tokio_postgres::Client;
+
+use crate::actors::batch_writer::{BatchWriter, WriterSettings};
+use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
+use crate::actors::validator::Validator;
+use crate::config::{Settings, redact_url};
+use crate::db::{self, OffsetScope};
+use crate::domain::Rules;
+use crate::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is malformed: the service cannot start whatever it waits for.
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("cannot bind the HTTP server to {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    settings: Settings,
+    stats: Arc<Stats>,
+}
+
+impl Application {
+    /// Checks the settings and binds the HTTP listener; nothing is connected yet.
+    pub fn build(settings: Settings) -> Result<Application, StartupError> {
+        db::check_url(&settings.database_url).map_err(|e| StartupError::Config(e.to_string()))?;
+        // Creating the consumer checks every librdkafka property without connecting.
+        let _probe = kafka_consumer::create_consumer(&settings, Arc::default())
+            .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
+        let stats = Arc::new(Stats::default());
+        let address = format!("{}:{}", settings.http_host, settings.http_port);
+        let listener = TcpListener::bind(&address).map_err(|source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { address, source })?
+            .port();
+        let data = web::Data::new(stats.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(crate::http::routes)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .map_err(|e| StartupError::Runtime(e.to_string()))?
+        .run();
+        log::info!("Application is running on: http://localhost:{port}");
+        Ok(Application {
+            port,
+            server,
+            settings,
+            stats,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then stops consuming, flushes, commits and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartupError> {
+        let Application {
+            server,
+            settings,
+            stats,
+            ..
+        } = self;
+        let handle = server.handle();
+        let server_task = actix_rt::spawn(server);
+        tokio::pin!(shutdown);
+
+        let pipeline = tokio::select! {
+            pipeline = start_pipeline(&settings, stats.clone()) => Some(pipeline?),
+            () = &mut shutdown => None,
+        };
+        if let Some(consumer) = pipeline {
+            shutdown.await;
+            log::info!("shutting down: stopping consumption, flushing and committing");
+            match tokio::time::timeout(settings.shutdown_timeout(), consumer.send(Stop)).await {
+                Ok(_) => log::info!("pipeline drained"),
+                Err(_) => {
+                    handle.stop(false).await;
+                    return Err(StartupError::Runtime(format!(
+                        "shutdown did not finish within {} ms; unflushed metrics will be consumed again on restart",
+                        settings.shutdown_timeout_ms
+                    )));
+                }
+            }
+        } else {
+            log::info!("shutting down before the pipeline started");
+        }
+        handle.stop(true).await;
+        let _ = server_task.await;
+        log::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects, migrates and starts the three actors; retries what is unreachable.
+async fn start_pipeline(
+    settings: &Settings,
+    stats: Arc<Stats>,
+) -> Result<Addr<KafkaConsumer>, StartupError> {
+    let client = connect_database(settings, &stats).await;
+    let consumer = connect_kafka(settings, stats.clone()).await?;
+
+    let mut writer = BatchWriter::new(
+        WriterSettings {
+            database_url: settings.database_url.clone(),
+            max_rows: settings.batch_max_rows as usize,
+            max_wait: settings.batch_max_wait(),
+            mailbox_capacity: settings.writer_mailbox_capacity as usize,
+            metric_log_per_sec: settings.metric_log_max_per_sec,
+            scope: OffsetScope {
+                group: settings.kafka_group_id.clone(),
+                topic: settings.kafka_topic.clone(),
+            },
+        },
+        client,
+        stats.clone(),
+    );
+    // The writer needs the consumer's address and the consumer the validator's, which needs
+    // the writer's: create the writer's context first so its address exists.
+    let writer_ctx = Context::<BatchWriter>::new();
+    let writer_addr = writer_ctx.address();
+    let validator = Validator::new(
+        Rules {
+            max_future_skew_ms: settings.max_future_skew_ms as i64,
+        },
+        writer_addr,
+        stats.clone(),
+        settings.validator_mailbox_capacity as usize,
+        settings.metric_log_max_per_sec,
+    )
+    .start();
+    let consumer = KafkaConsumer::new(consumer, settings, validator, stats.clone())
+        .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?
+        .start();
+    writer.set_offsets_recipient(consumer.clone().recipient());
+    writer_ctx.run(writer);
+    Ok(consumer)
+}
+
+/// Connects and migrates, retrying with backoff; logs the failure once, then again only
+/// when it changes or a minute has passed.
+async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
+    let url = &settings.database_url;
+    let mut retry = Retry::new("database");
+    loop {
+        let attempt = async {
+            db::migrate(url).await?;
+            let client = db::connect(url).await?;
+            let storage = db::describe_storage(&client).await?;
+            Ok::<_, db::DbError>((client, storage))
+        };
+        match attempt.await {
+            Ok((client, storage)) => {
+                log::info!(
+                    "database connected url={} storage={storage}",
+                    redact_url(url)
+                );
+                if let Ok(mut slot) = stats.storage.lock() {
+                    *slot = Some(storage);
+                }
+                stats.set_database_error(None);
+                return client;
+            }
+            Err(e) => {
+                stats.set_database_error(Some(e.to_string()));
+                retry.failed(&e.to_string()).await;
+            }
+        }
+    }
+}
+
+/// Creates the consumer and waits until a broker answers.
+async fn connect_kafka(
+    settings: &Settings,
+    stats: Arc<Stats>,
+) -> Result<MetricsConsumer, StartupError> {
+    let consumer = Arc::new(
+        kafka_consumer::create_consumer(settings, stats)
+            .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?,
+    );
+    let mut retry = Retry::new("Kafka broker");
+    let topic = settings.kafka_topic.clone();
+    loop {
+        let probe = consumer.clone();
+        let probe_topic = topic.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            probe.fetch_metadata(Some(&probe_topic), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| StartupError::Runtime(e.to_string()))?;
+        match answer {
+            Ok(metadata) => {
+                let missing = metadata.topics().iter().any(|t| {
+                    t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
+                });
+                if missing {
+                    log::warn!("topic {topic} does not exist yet; consuming it once it is created");
+                }
+                break;
+            }
+            Err(e) => {
+                let error = format!("brokers {}: {e}", settings.kafka_brokers);
+                retry.failed(&error).await
+            }
+        }
+    }
+    Arc::try_unwrap(consumer)
+        .map_err(|_| StartupError::Runtime("Kafka consumer still shared after the probe".into()))
+}
+
+/// Capped exponential backoff for start-up connections, logging without repeating itself.
+struct Retry {
+    what: &'static str,
+    attempts: u32,
+    last_logged: Option<(String, std::time::Instant)>,
+}
+
+impl Retry {
+    fn new(what: &'static str) -> Retry {
+        Retry {
+            what,
+            attempts: 0,
+            last_logged: None,
+        }
+    }
+
+    async fn failed(&mut self, error: &str) {
+        self.attempts += 1;
+        let delay = Duration::from_millis(500)
+            .saturating_mul(1 << self.attempts.min(6))
+            .min(Duration::from_secs(30));
+        let repeat = self
+            .last_logged
+            .as_ref()
+            .is_some_and(|(last, at)| last == error && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            log::error!(
+                "{} unreachable: {error}; retrying in {} s (attempt {})",
+                self.what,
+                delay.as_secs_f32(),
+                self.attempts
+            );
+            self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    log::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => log::info!("SIGINT received"),
+            _ = terminate.recv() => log::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
