@@ -1,0 +1,471 @@
+//! Test harness: a real Kafka-protocol broker (tansu) shared by the tests of one process, a
+//! fresh PostgreSQL database per test, and the `panopticon` binary started exactly as users
+//! start it, on port 0, with its log captured. Set `TEST_LOG=1` to see the logs.
+//!
+//! `PANOPTICON_TEST_BROKERS` points the tests at an already running broker instead;
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) names the
+//! server on which test databases are created.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::NoTls;
+
+pub const PARTITIONS: i32 = 3;
+
+/// The broker all tests of this process share; each test uses topics and a group of its own.
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let Ok(brokers) = std::env::var("PANOPTICON_TEST_BROKERS") {
+            return brokers;
+        }
+        start_tansu()
+    })
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TANSU") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let installed = cargo_home.join("bin/tansu");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+/// Starts tansu on a free port. A watchdog shell ends it when this test process exits, since
+/// statics are never dropped.
+fn start_tansu() -> String {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let tansu = tansu_binary();
+    let script = format!(
+        "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/ & b=$!; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null",
+        parent = std::process::id()
+    );
+    let log = if std::env::var_os("TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(&tansu)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (install it: see README): {e}",
+                tansu.display()
+            )
+        });
+    // The watchdog outlives this call on purpose; it ends with the test process.
+    std::thread::spawn(move || watchdog.wait());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("127.0.0.1:{port}")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a topic with [`PARTITIONS`] partitions.
+pub async fn create_topic(name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer")
+}
+
+/// Produces payloads to one partition, in order.
+pub async fn produce(producer: &FutureProducer, topic: &str, partition: i32, payloads: &[Vec<u8>]) {
+    for payload in payloads {
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(payload.as_slice()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+}
+
+/// A database of the test's own, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = unique("panopticon_test");
+        let client = connect(&admin_url).await;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect(sql)
+            .get(0)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok((client, conn)) = tokio_postgres::connect(&admin_url, NoTls).await {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// The running service: its process, its captured log and its HTTP port.
+pub struct TestApp {
+    child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub port: Option<u16>,
+    pub env: HashMap<String, String>,
+}
+
+/// Environment for a service consuming `topic` as group `group` into `db`.
+pub fn service_env(topic: &str, group: &str, db: &TestDatabase) -> HashMap<String, String> {
+    HashMap::from([
+        ("KAFKA_BROKERS".into(), broker().to_owned()),
+        ("KAFKA_TOPIC".into(), topic.to_owned()),
+        ("KAFKA_GROUP_ID".into(), group.to_owned()),
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("HTTP_PORT".into(), "0".into()),
+        ("HTTP_HOST".into(), "127.0.0.1".into()),
+        ("BATCH_MAX_WAIT_MS".into(), "200".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ])
+}
+
+impl TestApp {
+    /// Starts the binary and waits until its HTTP server listens.
+    pub fn spawn(env: HashMap<String, String>) -> TestApp {
+        let mut app = TestApp::spawn_args(env, &[]);
+        let line = app
+            .wait_for_log(
+                "Application is running on: http://localhost:",
+                Duration::from_secs(30),
+            )
+            .expect("the service did not start its HTTP server");
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port in the start-up line");
+        app.port = Some(port);
+        app
+    }
+
+    /// Starts the binary with arguments, without waiting for anything.
+    pub fn spawn_args(env: HashMap<String, String>, args: &[&str]) -> TestApp {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_panopticon"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start panopticon");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("{line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        TestApp {
+            child,
+            log,
+            port: None,
+            env,
+        }
+    }
+
+    /// Starts the binary and waits until its consumer has joined the group.
+    pub fn spawn_consuming(env: HashMap<String, String>) -> TestApp {
+        let app = TestApp::spawn(env);
+        app.wait_for_log("Kafka consumer connected", Duration::from_secs(60))
+            .expect("the consumer did not join its group");
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port.expect("HTTP port"))
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn lines_containing(&self, needle: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(self.url("/status"))
+            .await
+            .expect("GET /status")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
+    /// Polls `/status` until `check` holds.
+    pub async fn wait_for_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status().await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the log readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls a count query until it reaches `expected` or a minute passes; returns the last count.
+pub async fn wait_for_count(db: &TestDatabase, sql: &str, expected: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Before the service has migrated, the table is not there yet.
+        let count = match db.client().await.query_one(sql, &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => -1,
+        };
+        if count >= expected || Instant::now() >= deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One fixture line of `shared/fixtures/`.
+pub struct Fixture {
+    pub case: String,
+    pub payload: Vec<u8>,
+    pub row: Option<serde_json::Value>,
+}
+
+/// Reads a fixture file; `HEX:` payloads are decoded to their bytes.
+pub fn fixtures(file: &str) -> Vec<Fixture> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("fixture JSON");
+            let payload = value["payload"].as_str().expect("payload").to_owned();
+            let payload = match payload.strip_prefix("HEX:") {
+                Some(hex) => hex
+                    .split_whitespace()
+                    .map(|pair| u8::from_str_radix(pair, 16).expect("hex pair"))
+                    .collect(),
+                None => payload.into_bytes(),
+            };
+            Fixture {
+                case: value["case"].as_str().unwrap_or_default().to_owned(),
+                payload,
+                row: value.get("row").cloned(),
+            }
+        })
+        .collect()
+}
+
+/// The guide's message for a pod, stamped now.
+pub fn guide_message(pod: &str, cpu: f64, memory: f64, timestamp_ms: i64) -> Vec<u8> {
+    format!(
+        r#"{{"timestamp":{timestamp_ms},"service":"log-generator","podName":"{pod}","namespace":"default","nodeName":"kind-control-plane","cpu":{cpu},"memory":{memory}}}"#
+    )
+    .into_bytes()
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
