@@ -14,7 +14,10 @@ use panopticon::simulate::Simulator;
 use tokio_postgres::{Client, NoTls};
 
 fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rows(count: usize) -> Vec<ValidMetric> {
@@ -101,10 +104,22 @@ async fn values(client: &mut Client, batch: &[ValidMetric]) -> Result<(), tokio_
             }
             sql.push_str(&format!(
                 "(${},${},${},${},${},${},${})",
-                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
             ));
             params.extend_from_slice(&[
-                &times[i], &services[i], &pods[i], &cpus[i], &mems[i], &namespaces[i], &nodes[i],
+                &times[i],
+                &services[i],
+                &pods[i],
+                &cpus[i],
+                &mems[i],
+                &namespaces[i],
+                &nodes[i],
             ]);
         }
         tx.execute(sql.as_str(), &params).await?;
@@ -121,8 +136,13 @@ async fn main() -> anyhow::Result<()> {
     let name = format!("panopticon_bench_{}", std::process::id());
     let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
     tokio::spawn(conn);
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
     let url = format!("{base}/{name}");
     db::migrate(&url).await?;
     let mut client = db::connect(&url).await?;
@@ -135,7 +155,12 @@ async fn main() -> anyhow::Result<()> {
     println!("{total} rows in batches of {batch}, one connection, two indexes");
     let mut results: Vec<(&str, f64)> = Vec::new();
     for round in 0..2 {
-        for path in ["copy csv (reference)", "binary copy + offsets (service)", "unnest arrays", "multi-row values"] {
+        for path in [
+            "copy csv (reference)",
+            "binary copy + offsets (service)",
+            "unnest arrays",
+            "multi-row values",
+        ] {
             client.batch_execute("TRUNCATE system_metrics").await?;
             client.batch_execute("VACUUM system_metrics").await?;
             let started = Instant::now();
