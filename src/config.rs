@@ -91,6 +91,22 @@ pub struct Settings {
     #[arg(long, env = "METRIC_LOG_MAX_PER_SEC", default_value_t = 100)]
     pub metric_log_max_per_sec: u32,
 
+    /// Most rows one REST request returns.
+    #[arg(long, env = "API_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub api_max_limit: u32,
+
+    /// Widest time range one REST request may cover, in hours.
+    #[arg(long, env = "API_MAX_RANGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+    pub api_max_range_hours: u32,
+
+    /// Most buckets per group a series request may ask for (range / bucket).
+    #[arg(long, env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_max_buckets: u32,
+
+    /// Connections the REST API may hold to the database.
+    #[arg(long, env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub api_db_pool_size: u32,
+
     /// Most time (ms) a graceful shutdown may take to flush and commit before giving up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -19,6 +20,7 @@ use crate::actors::validator::Validator;
 use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
 use crate::domain::Rules;
+use crate::http::api::ApiState;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +61,21 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { address, source })?
             .port();
+        let pool =
+            crate::db::queries::pool(&settings.database_url, settings.api_db_pool_size as usize)
+                .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
+        let api = web::Data::new(ApiState {
+            pool,
+            stats: stats.clone(),
+            max_limit: settings.api_max_limit,
+            max_range: chrono::Duration::hours(settings.api_max_range_hours as i64),
+            max_buckets: settings.api_max_buckets,
+        });
         let data = web::Data::new(stats.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(api.clone())
                 .configure(crate::http::routes)
         })
         .workers(1)
@@ -99,6 +112,14 @@ impl Application {
             ..
         } = self;
         let handle = server.handle();
+        let sampled = stats.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sampled.sample_rates();
+            }
+        });
         let server_task = actix_rt::spawn(server);
         tokio::pin!(shutdown);
 
@@ -191,6 +212,10 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
                 log::info!(
                     "database connected url={} storage={storage}",
                     redact_url(url)
+                );
+                stats.timescale.store(
+                    storage.contains("hypertable") && !storage.starts_with("plain"),
+                    Ordering::Relaxed,
                 );
                 if let Ok(mut slot) = stats.storage.lock() {
                     *slot = Some(storage);

@@ -2,9 +2,10 @@
 //! so each sender counts what it enqueues and each handler what it finished; the difference is
 //! the mailbox depth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -84,9 +85,81 @@ pub struct Stats {
     pub database_error: Mutex<Option<String>>,
     pub database_connected: AtomicBool,
     pub storage: Mutex<Option<String>>,
+    /// True when `system_metrics` is a TimescaleDB hypertable (the API uses `time_bucket`).
+    pub timescale: AtomicBool,
+    /// Per-second samples of the actors' record counters, for rates.
+    rates: Mutex<VecDeque<(Instant, [u64; 3])>>,
+}
+
+/// Records a second over the last 10 s and the last minute.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Rates {
+    pub rate_10s: f64,
+    pub rate_1m: f64,
 }
 
 impl Stats {
+    /// Samples the record counters; called once a second.
+    pub fn sample_rates(&self) {
+        let counts = [
+            self.consumer.records.load(Ordering::Relaxed),
+            self.validator.records.load(Ordering::Relaxed),
+            self.writer.records.load(Ordering::Relaxed),
+        ];
+        if let Ok(mut samples) = self.rates.lock() {
+            samples.push_back((Instant::now(), counts));
+            while samples.len() > 62 {
+                samples.pop_front();
+            }
+        }
+    }
+
+    /// Rates of the consumer, validator and writer, in that order.
+    pub fn rates(&self) -> [Rates; 3] {
+        let mut rates = [Rates::default(); 3];
+        let Ok(samples) = self.rates.lock() else {
+            return rates;
+        };
+        let Some(&(now, latest)) = samples.back() else {
+            return rates;
+        };
+        let since = |window: Duration| {
+            samples
+                .iter()
+                .find(|(at, _)| now.duration_since(*at) <= window)
+                .filter(|(at, _)| *at < now)
+        };
+        for (window, pick) in [(Duration::from_secs(10), 0), (Duration::from_secs(60), 1)] {
+            if let Some(&(at, earlier)) = since(window) {
+                let seconds = now.duration_since(at).as_secs_f64();
+                for actor in 0..3 {
+                    let rate = (latest[actor] - earlier[actor]) as f64 / seconds;
+                    if pick == 0 {
+                        rates[actor].rate_10s = rate;
+                    } else {
+                        rates[actor].rate_1m = rate;
+                    }
+                }
+            }
+        }
+        rates
+    }
+
+    /// Records that rows up to these next offsets are committed to the database.
+    pub fn record_committed(&self, offsets: &[(i32, i64)]) {
+        let Ok(mut partitions) = self.partitions.lock() else {
+            return;
+        };
+        for (partition, next) in offsets {
+            if let Some(report) = partitions.get_mut(partition) {
+                report.committed_offset = Some(*next);
+                if let Some(high) = report.high_watermark {
+                    report.lag = Some((high - next).max(0));
+                }
+            }
+        }
+    }
+
     pub fn count_rejection(&self, reason: Reason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }

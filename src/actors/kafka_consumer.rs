@@ -166,25 +166,10 @@ impl ConsumerContext for ConsumerEvents {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                let Ok(mut partitions) = self.stats.partitions.lock() else {
-                    return;
-                };
-                for element in offsets.elements_for_topic(&self.topic) {
-                    if let (Offset::Offset(next), Some(report)) =
-                        (element.offset(), partitions.get_mut(&element.partition()))
-                    {
-                        report.committed_offset = Some(next);
-                        if let Some(high) = report.high_watermark {
-                            report.lag = Some((high - next).max(0));
-                        }
-                    }
-                }
-            }
-            // The rows are stored; a failed commit only means they may be delivered again.
-            Err(e) => log::warn!("committing offsets to Kafka failed: {e}"),
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // The rows are stored; a failed commit only means they may be delivered again.
+        if let Err(e) = result {
+            log::warn!("committing offsets to Kafka failed: {e}");
         }
     }
 }
@@ -277,6 +262,7 @@ impl Handler<OffsetsStored> for KafkaConsumer {
 
     fn handle(&mut self, OffsetsStored(offsets): OffsetsStored, _ctx: &mut Self::Context) {
         self.stats.consumer.handled.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_committed(&offsets);
         self.commit(&offsets, CommitMode::Async);
     }
 }

@@ -17,6 +17,8 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::redact_url;
 use crate::domain::ValidMetric;
 
+pub mod queries;
+
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Any number that fits in a bigint; the same for every Panopticon, so that instances

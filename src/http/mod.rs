@@ -1,4 +1,10 @@
-//! The HTTP server: probes and the pipeline's status.
+//! The HTTP server: probes, the pipeline's status, Prometheus metrics, the REST API and the
+//! dashboard.
+
+pub mod api;
+pub mod dashboard;
+pub mod openapi;
+pub mod prometheus;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,12 +13,15 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::stats::{ActorStats, Stats};
+use crate::stats::{ActorStats, Rates, Stats};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
-        .route("/status", web::get().to(status));
+        .route("/status", web::get().to(status))
+        .route("/metrics", web::get().to(prometheus::metrics))
+        .configure(api::routes)
+        .configure(dashboard::routes);
 }
 
 async fn health() -> HttpResponse {
@@ -53,10 +62,14 @@ struct ActorReport {
     messages_handled: u64,
     records: u64,
     errors: u64,
+    /// Records a second over the last 10 s.
+    rate_10s: f64,
+    /// Records a second over the last minute.
+    rate_1m: f64,
 }
 
-impl From<&ActorStats> for ActorReport {
-    fn from(stats: &ActorStats) -> ActorReport {
+impl ActorReport {
+    fn new(stats: &ActorStats, rates: Rates) -> ActorReport {
         ActorReport {
             mailbox_depth: stats.mailbox_depth(),
             mailbox_capacity: stats.capacity.load(Ordering::Relaxed),
@@ -64,6 +77,8 @@ impl From<&ActorStats> for ActorReport {
             messages_handled: stats.handled.load(Ordering::Relaxed),
             records: stats.records.load(Ordering::Relaxed),
             errors: stats.errors.load(Ordering::Relaxed),
+            rate_10s: rates.rate_10s,
+            rate_1m: rates.rate_1m,
         }
     }
 }
@@ -105,22 +120,23 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
         .unwrap_or_default();
     let paused = stats.consumer_paused.load(Ordering::Relaxed);
     let last_flush = stats.last_flush.lock().ok().and_then(|f| f.clone());
+    let [consumer_rates, validator_rates, writer_rates] = stats.rates();
     HttpResponse::Ok().json(json!({
         "backpressure": { "state": state, "reason": reason },
         "consumer": {
-            "actor": ActorReport::from(&stats.consumer),
+            "actor": ActorReport::new(&stats.consumer, consumer_rates),
             "joined": stats.consumer_joined.load(Ordering::Relaxed),
             "assigned_partitions": partitions.keys().collect::<Vec<_>>(),
             "paused_partitions": if paused { partitions.keys().collect::<Vec<_>>() } else { Vec::new() },
             "partitions": partitions,
         },
         "validator": {
-            "actor": ActorReport::from(&stats.validator),
+            "actor": ActorReport::new(&stats.validator, validator_rates),
             "invalid_total": stats.rejected_total(),
             "invalid_by_reason": stats.rejections(),
         },
         "writer": {
-            "actor": ActorReport::from(&stats.writer),
+            "actor": ActorReport::new(&stats.writer, writer_rates),
             "rows_buffered": stats.rows_buffered.load(Ordering::Relaxed),
             "rows_written": stats.rows_written.load(Ordering::Relaxed),
             "last_flush": last_flush,

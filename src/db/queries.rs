@@ -1,0 +1,300 @@
+//! Read queries of the REST API, over the connection pool. Filter values are always bound
+//! parameters; only column names and aggregate functions chosen from closed enums are ever
+//! written into SQL text.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::schema::system_metrics;
+
+pub type DbPool = Pool<AsyncPgConnection>;
+
+/// A pool that connects lazily: building it never touches the network.
+pub fn pool(url: &str, size: usize) -> Result<DbPool, String> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    #[error("query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// One stored metric.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, ToSchema)]
+#[diesel(table_name = system_metrics, check_for_backend(diesel::pg::Pg))]
+pub struct MetricRow {
+    pub time: DateTime<Utc>,
+    pub service: String,
+    pub pod_name: String,
+    pub cpu: f64,
+    pub memory: f64,
+    pub namespace: String,
+    pub node_name: String,
+}
+
+/// Filters every query accepts; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// Where the previous page ended, in the order rows are listed.
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+pub struct Keyset {
+    pub time: DateTime<Utc>,
+    pub namespace: String,
+    pub pod_name: String,
+    pub service: String,
+}
+
+/// Raw rows, newest first, after `after` if given.
+pub async fn list_metrics(
+    pool: &DbPool,
+    filters: &Filters,
+    after: Option<&Keyset>,
+    limit: i64,
+) -> Result<Vec<MetricRow>, QueryError> {
+    use crate::schema::system_metrics::dsl as m;
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let mut query = m::system_metrics
+        .select(MetricRow::as_select())
+        .filter(m::time.ge(filters.from))
+        .filter(m::time.lt(filters.to))
+        .into_boxed();
+    if let Some(v) = &filters.service {
+        query = query.filter(m::service.eq(v.clone()));
+    }
+    if let Some(v) = &filters.namespace {
+        query = query.filter(m::namespace.eq(v.clone()));
+    }
+    if let Some(v) = &filters.pod {
+        query = query.filter(m::pod_name.eq(v.clone()));
+    }
+    if let Some(v) = &filters.node {
+        query = query.filter(m::node_name.eq(v.clone()));
+    }
+    if let Some(k) = after {
+        query = query.filter(
+            m::time.lt(k.time).or(m::time.eq(k.time).and(
+                m::namespace
+                    .lt(k.namespace.clone())
+                    .or(m::namespace.eq(k.namespace.clone()).and(
+                        m::pod_name.lt(k.pod_name.clone()).or(m::pod_name
+                            .eq(k.pod_name.clone())
+                            .and(m::service.lt(k.service.clone()))),
+                    )),
+            )),
+        );
+    }
+    Ok(query
+        .order((
+            m::time.desc(),
+            m::namespace.desc(),
+            m::pod_name.desc(),
+            m::service.desc(),
+        ))
+        .limit(limit)
+        .load(&mut conn)
+        .await?)
+}
+
+/// The newest row of each pod within the range.
+pub async fn latest_per_pod(
+    pool: &DbPool,
+    filters: &Filters,
+    limit: i64,
+) -> Result<Vec<MetricRow>, QueryError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let rows = diesel::sql_query(
+        "SELECT * FROM (
+             SELECT DISTINCT ON (namespace, pod_name)
+                    time, service, pod_name, cpu, memory, namespace, node_name
+             FROM system_metrics
+             WHERE time >= $1 AND time < $2
+               AND ($3::text IS NULL OR service = $3)
+               AND ($4::text IS NULL OR namespace = $4)
+               AND ($5::text IS NULL OR node_name = $5)
+             ORDER BY namespace, pod_name, time DESC
+         ) latest
+         ORDER BY namespace, pod_name
+         LIMIT $6",
+    )
+    .bind::<Timestamptz, _>(filters.from)
+    .bind::<Timestamptz, _>(filters.to)
+    .bind::<Nullable<Text>, _>(filters.service.clone())
+    .bind::<Nullable<Text>, _>(filters.namespace.clone())
+    .bind::<Nullable<Text>, _>(filters.node.clone())
+    .bind::<BigInt, _>(limit)
+    .load::<MetricRow>(&mut conn)
+    .await?;
+    Ok(rows)
+}
+
+/// A column rows can be grouped or listed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    Pod,
+    Service,
+    Namespace,
+    Node,
+}
+
+impl Dimension {
+    fn column(self) -> &'static str {
+        match self {
+            Dimension::Pod => "pod_name",
+            Dimension::Service => "service",
+            Dimension::Namespace => "namespace",
+            Dimension::Node => "node_name",
+        }
+    }
+}
+
+/// How the values of a bucket are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Avg,
+    Min,
+    Max,
+    P95,
+}
+
+impl Aggregate {
+    fn sql(self, column: &str) -> String {
+        match self {
+            Aggregate::Avg => format!("avg({column})"),
+            Aggregate::Min => format!("min({column})"),
+            Aggregate::Max => format!("max({column})"),
+            Aggregate::P95 => format!("percentile_cont(0.95) WITHIN GROUP (ORDER BY {column})"),
+        }
+    }
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct SeriesRow {
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    pub grp: String,
+    #[diesel(sql_type = Double)]
+    pub cpu: f64,
+    #[diesel(sql_type = Double)]
+    pub memory: f64,
+}
+
+/// Time-bucketed aggregates, ordered by group then time. `timescale` picks `time_bucket`
+/// where the extension is there, `date_bin` otherwise; both align buckets to the epoch.
+pub async fn series(
+    pool: &DbPool,
+    filters: &Filters,
+    bucket_seconds: i64,
+    aggregate: Aggregate,
+    group_by: Dimension,
+    timescale: bool,
+) -> Result<Vec<SeriesRow>, QueryError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let bucket = if timescale {
+        "time_bucket($1::interval, time)"
+    } else {
+        "date_bin($1::interval, time, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+    };
+    let sql = format!(
+        "SELECT {bucket} AS bucket, {group} AS grp, {cpu}::float8 AS cpu, {memory}::float8 AS memory
+         FROM system_metrics
+         WHERE time >= $2 AND time < $3
+           AND ($4::text IS NULL OR service = $4)
+           AND ($5::text IS NULL OR namespace = $5)
+           AND ($6::text IS NULL OR pod_name = $6)
+           AND ($7::text IS NULL OR node_name = $7)
+         GROUP BY 1, 2
+         ORDER BY 2, 1",
+        group = group_by.column(),
+        cpu = aggregate.sql("cpu"),
+        memory = aggregate.sql("memory"),
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<Text, _>(format!("{bucket_seconds} seconds"))
+        .bind::<Timestamptz, _>(filters.from)
+        .bind::<Timestamptz, _>(filters.to)
+        .bind::<Nullable<Text>, _>(filters.service.clone())
+        .bind::<Nullable<Text>, _>(filters.namespace.clone())
+        .bind::<Nullable<Text>, _>(filters.pod.clone())
+        .bind::<Nullable<Text>, _>(filters.node.clone())
+        .load(&mut conn)
+        .await?)
+}
+
+/// One distinct pod, service, namespace or node.
+#[derive(Debug, QueryableByName, Serialize, ToSchema)]
+pub struct DistinctValue {
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub first_seen: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub last_seen: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub samples: i64,
+}
+
+pub async fn distinct_values(
+    pool: &DbPool,
+    dimension: Dimension,
+    filters: &Filters,
+    limit: i64,
+) -> Result<Vec<DistinctValue>, QueryError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let sql = format!(
+        "SELECT {col} AS name, min(time) AS first_seen, max(time) AS last_seen, count(*) AS samples
+         FROM system_metrics
+         WHERE time >= $1 AND time < $2
+           AND ($3::text IS NULL OR service = $3)
+           AND ($4::text IS NULL OR namespace = $4)
+           AND ($5::text IS NULL OR pod_name = $5)
+           AND ($6::text IS NULL OR node_name = $6)
+         GROUP BY 1
+         ORDER BY 1
+         LIMIT $7",
+        col = dimension.column()
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<Timestamptz, _>(filters.from)
+        .bind::<Timestamptz, _>(filters.to)
+        .bind::<Nullable<Text>, _>(filters.service.clone())
+        .bind::<Nullable<Text>, _>(filters.namespace.clone())
+        .bind::<Nullable<Text>, _>(filters.pod.clone())
+        .bind::<Nullable<Text>, _>(filters.node.clone())
+        .bind::<BigInt, _>(limit)
+        .load(&mut conn)
+        .await?)
+}
