@@ -107,6 +107,14 @@ pub struct Settings {
     #[arg(long, env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub api_db_pool_size: u32,
 
+    /// Where TimescaleDB is present: compress chunks older than this (`off`: never).
+    #[arg(long, env = "TIMESCALE_COMPRESS_AFTER", default_value = "7d", value_parser = parse_policy_age)]
+    pub timescale_compress_after: PolicyAge,
+
+    /// Where TimescaleDB is present: drop chunks older than this (`off`: keep everything).
+    #[arg(long, env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
+    pub timescale_retention: PolicyAge,
+
     /// Most time (ms) a graceful shutdown may take to flush and commit before giving up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
@@ -156,6 +164,40 @@ pub struct SimulateArgs {
     /// Stop after producing this many metrics (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+}
+
+/// A span of time written as a whole number and a unit, `s`, `m`, `h` or `d`: `30s`, `7d`.
+pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` must be a number and a unit, like 30s, 5m, 1h or 7d"))?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}` must end in a unit: s, m, h or d")),
+    };
+    if !(1..=100 * 366 * 86_400).contains(&number) {
+        return Err(format!("`{text}` must be at least 1{unit}"));
+    }
+    Ok(number * unit_seconds)
+}
+
+/// A TimescaleDB policy age in seconds; `None` turns the policy off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyAge(pub Option<i64>);
+
+fn parse_policy_age(text: &str) -> Result<PolicyAge, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(PolicyAge(None));
+    }
+    parse_duration_secs(text).map(|s| PolicyAge(Some(s)))
 }
 
 /// librdkafka properties given on the command line, in order.

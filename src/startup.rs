@@ -210,15 +210,24 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
         match attempt.await {
             Ok((client, storage)) => {
                 log::info!(
-                    "database connected url={} storage={storage}",
-                    redact_url(url)
+                    "database connected url={} storage={}",
+                    redact_url(url),
+                    storage.description
                 );
-                stats.timescale.store(
-                    storage.contains("hypertable") && !storage.starts_with("plain"),
-                    Ordering::Relaxed,
-                );
+                stats.timescale.store(storage.hypertable, Ordering::Relaxed);
+                if storage.hypertable {
+                    let lifecycle = db::timescale::apply(
+                        &client,
+                        settings.timescale_compress_after,
+                        settings.timescale_retention,
+                    )
+                    .await;
+                    stats
+                        .continuous_aggregate
+                        .store(lifecycle.continuous_aggregate, Ordering::Relaxed);
+                }
                 if let Ok(mut slot) = stats.storage.lock() {
-                    *slot = Some(storage);
+                    *slot = Some(storage.description);
                 }
                 stats.set_database_error(None);
                 return client;

@@ -87,6 +87,8 @@ pub struct Stats {
     pub storage: Mutex<Option<String>>,
     /// True when `system_metrics` is a TimescaleDB hypertable (the API uses `time_bucket`).
     pub timescale: AtomicBool,
+    /// True when the 1-minute continuous aggregate exists (TimescaleDB only).
+    pub continuous_aggregate: AtomicBool,
     /// Per-second samples of the actors' record counters, for rates.
     rates: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }

@@ -18,6 +18,7 @@ use crate::config::redact_url;
 use crate::domain::ValidMetric;
 
 pub mod queries;
+pub mod timescale;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -133,8 +134,16 @@ fn migrate_blocking(url: &str) -> Result<(), DbError> {
     result
 }
 
+/// Where rows go: a TimescaleDB hypertable or a plain PostgreSQL table.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub hypertable: bool,
+    /// For the log and `/status`.
+    pub description: String,
+}
+
 /// Says whether rows go to a TimescaleDB hypertable or a plain PostgreSQL table.
-pub async fn describe_storage(client: &Client) -> Result<String, DbError> {
+pub async fn describe_storage(client: &Client) -> Result<Storage, DbError> {
     let row = client
         .query_one(
             "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
@@ -144,7 +153,10 @@ pub async fn describe_storage(client: &Client) -> Result<String, DbError> {
         .await?;
     let version: Option<String> = row.get(0);
     let Some(version) = version else {
-        return Ok("plain PostgreSQL table (timescaledb extension not available)".into());
+        return Ok(Storage {
+            hypertable: false,
+            description: "plain PostgreSQL table (timescaledb extension not available)".into(),
+        });
     };
     let hypertable: bool = client
         .query_one(
@@ -154,10 +166,14 @@ pub async fn describe_storage(client: &Client) -> Result<String, DbError> {
         )
         .await?
         .get(0);
-    Ok(if hypertable {
+    let description = if hypertable {
         format!("TimescaleDB {version} hypertable")
     } else {
         format!("plain PostgreSQL table (TimescaleDB {version} present, not a hypertable)")
+    };
+    Ok(Storage {
+        hypertable,
+        description,
     })
 }
 

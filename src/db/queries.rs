@@ -206,29 +206,70 @@ pub struct SeriesRow {
     pub memory: f64,
 }
 
-/// Time-bucketed aggregates, ordered by group then time. `timescale` picks `time_bucket`
-/// where the extension is there, `date_bin` otherwise; both align buckets to the epoch.
+/// Where a series is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesSource {
+    /// The raw rows, bucketed with `date_bin` (plain PostgreSQL).
+    Rows,
+    /// The raw rows, bucketed with TimescaleDB's `time_bucket`.
+    Hypertable,
+    /// TimescaleDB's 1-minute continuous aggregate: for whole minutes, and not for p95.
+    MinuteAggregate,
+}
+
+impl Aggregate {
+    /// The same aggregate over the 1-minute aggregate's columns; `None` for p95.
+    fn over_minutes(self, column: &str) -> Option<String> {
+        match self {
+            Aggregate::Avg => Some(format!("sum({column}_sum) / sum(samples)")),
+            Aggregate::Min => Some(format!("min({column}_min)")),
+            Aggregate::Max => Some(format!("max({column}_max)")),
+            Aggregate::P95 => None,
+        }
+    }
+}
+
+/// Time-bucketed aggregates, ordered by group then time. Buckets are aligned to the epoch
+/// whatever the source.
 pub async fn series(
     pool: &DbPool,
     filters: &Filters,
     bucket_seconds: i64,
     aggregate: Aggregate,
     group_by: Dimension,
-    timescale: bool,
+    source: SeriesSource,
 ) -> Result<Vec<SeriesRow>, QueryError> {
     let mut conn = pool
         .get()
         .await
         .map_err(|e| QueryError::Pool(e.to_string()))?;
-    let bucket = if timescale {
-        "time_bucket($1::interval, time)"
-    } else {
-        "date_bin($1::interval, time, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+    let (bucket, table, time, cpu, memory) = match (source, aggregate.over_minutes("cpu")) {
+        (SeriesSource::MinuteAggregate, Some(cpu)) => (
+            "time_bucket($1::interval, bucket)",
+            super::timescale::AGGREGATE,
+            "bucket",
+            cpu,
+            aggregate.over_minutes("memory").unwrap_or_default(),
+        ),
+        (SeriesSource::Hypertable | SeriesSource::MinuteAggregate, _) => (
+            "time_bucket($1::interval, time)",
+            "system_metrics",
+            "time",
+            aggregate.sql("cpu"),
+            aggregate.sql("memory"),
+        ),
+        (SeriesSource::Rows, _) => (
+            "date_bin($1::interval, time, TIMESTAMPTZ '1970-01-01 00:00:00+00')",
+            "system_metrics",
+            "time",
+            aggregate.sql("cpu"),
+            aggregate.sql("memory"),
+        ),
     };
     let sql = format!(
         "SELECT {bucket} AS bucket, {group} AS grp, {cpu}::float8 AS cpu, {memory}::float8 AS memory
-         FROM system_metrics
-         WHERE time >= $2 AND time < $3
+         FROM {table}
+         WHERE {time} >= $2 AND {time} < $3
            AND ($4::text IS NULL OR service = $4)
            AND ($5::text IS NULL OR namespace = $5)
            AND ($6::text IS NULL OR pod_name = $6)
@@ -236,8 +277,6 @@ pub async fn series(
          GROUP BY 1, 2
          ORDER BY 2, 1",
         group = group_by.column(),
-        cpu = aggregate.sql("cpu"),
-        memory = aggregate.sql("memory"),
     );
     Ok(diesel::sql_query(sql)
         .bind::<Text, _>(format!("{bucket_seconds} seconds"))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::db::queries::{
-    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow,
+    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow, SeriesSource,
 };
 use crate::stats::Stats;
 
@@ -285,33 +285,8 @@ fn decode_cursor(value: &str) -> Result<Keyset, ApiError> {
 
 /// Width of a bucket in seconds: `30s`, `1m`, `5m`, `1h`, `1d`.
 fn parse_bucket(value: &str) -> Result<i64, ApiError> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: i64 = number.parse().map_err(|_| {
-        ApiError::bad(
-            "bucket",
-            "`bucket` must be a number and a unit, like 30s, 1m, 5m or 1h",
-        )
-    })?;
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(ApiError::bad(
-                "bucket",
-                "`bucket` unit must be s, m, h or d",
-            ));
-        }
-    };
-    if !(1..=366 * 86_400).contains(&number) {
-        return Err(ApiError::bad("bucket", "`bucket` must be at least 1s"));
-    }
-    Ok(number * unit_seconds)
+    crate::config::parse_duration_secs(value)
+        .map_err(|e| ApiError::bad("bucket", format!("`bucket`: {e}")))
 }
 
 #[utoipa::path(
@@ -403,16 +378,16 @@ pub async fn series(
             ),
         ));
     }
-    let timescale = state.stats.timescale.load(Ordering::Relaxed);
-    let rows = queries::series(
-        &state.pool,
-        &filters,
-        bucket,
-        aggregate,
-        group_by,
-        timescale,
-    )
-    .await?;
+    let source = series_source(&state.stats, &filters, bucket, aggregate);
+    let rows =
+        match queries::series(&state.pool, &filters, bucket, aggregate, group_by, source).await {
+            Err(e) if source == SeriesSource::MinuteAggregate => {
+                log::warn!("continuous aggregate query failed, using the raw rows: {e}");
+                let raw = SeriesSource::Hypertable;
+                queries::series(&state.pool, &filters, bucket, aggregate, group_by, raw).await?
+            }
+            result => result?,
+        };
     let mut series: Vec<Series> = Vec::new();
     for row in rows {
         let point = SeriesPoint {
@@ -434,6 +409,30 @@ pub async fn series(
         group_by: group_text,
         series,
     }))
+}
+
+/// The 1-minute aggregate covers a request whose buckets and bounds are whole minutes and
+/// whose aggregate can be computed from per-minute sums, minima and maxima.
+fn series_source(
+    stats: &Stats,
+    filters: &Filters,
+    bucket: i64,
+    aggregate: Aggregate,
+) -> SeriesSource {
+    if !stats.timescale.load(Ordering::Relaxed) {
+        return SeriesSource::Rows;
+    }
+    let whole_minutes = bucket % 60 == 0
+        && filters.from.timestamp_millis() % 60_000 == 0
+        && filters.to.timestamp_millis() % 60_000 == 0;
+    if stats.continuous_aggregate.load(Ordering::Relaxed)
+        && whole_minutes
+        && aggregate != Aggregate::P95
+    {
+        SeriesSource::MinuteAggregate
+    } else {
+        SeriesSource::Hypertable
+    }
 }
 
 fn dimension(name: &str) -> Option<Dimension> {

@@ -1,0 +1,169 @@
+//! Query latency of the REST API's queries over a large table, on a fresh database made by
+//! the service's migrations:
+//!
+//!     cargo bench --bench queries        # BENCH_ROWS=10000000
+//!
+//! Loads BENCH_ROWS rows (500 pods, one sample each every 10 s, ending now) with binary COPY,
+//! then times the queries behind `GET /api/v1/metrics?pod=…` (1 h of one pod) and
+//! `GET /api/v1/metrics/series?bucket=1m&group_by=pod` (24 h of all pods). The queries are
+//! called as the handlers call them, through the same pool, without the HTTP hop.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::SinkExt;
+use panopticon::db::queries::{self, Aggregate, Dimension, Filters, SeriesSource};
+use tokio_postgres::NoTls;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+async fn time_it<F, Fut>(runs: usize, mut f: F) -> anyhow::Result<(f64, f64, usize)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let mut size = 0;
+    f().await?; // warm the cache once
+    for _ in 0..runs {
+        let started = Instant::now();
+        size = f().await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99), size))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let total = env_usize("BENCH_ROWS", 10_000_000);
+    let pods = 500usize;
+    let admin_url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("panopticon_bench_q_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    let url = format!("{base}/{name}");
+    panopticon::db::migrate(&url).await?;
+
+    let samples_per_pod = total / pods;
+    let end = Utc::now().timestamp_millis() / 10_000 * 10_000;
+    let start = end - (samples_per_pod as i64 - 1) * 10_000;
+    println!(
+        "loading {total} rows: {pods} pods × {samples_per_pod} samples, every 10 s, {:.1} h",
+        (end - start) as f64 / 3_600_000.0
+    );
+    let loading = Instant::now();
+    {
+        let client = panopticon::db::connect(&url).await?;
+        let sink = client
+            .copy_in("COPY system_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT csv)")
+            .await?;
+        futures_util::pin_mut!(sink);
+        let mut text = String::with_capacity(8 << 20);
+        for step in 0..samples_per_pod as i64 {
+            let ts = chrono::DateTime::from_timestamp_millis(start + step * 10_000)
+                .unwrap_or_default()
+                .to_rfc3339();
+            for pod in 0..pods {
+                use std::fmt::Write;
+                let _ = writeln!(
+                    text,
+                    "{ts},svc-{},pod-{pod:03},{},{},ns-{},node-{}",
+                    pod % 10,
+                    (pod * 7 + step as usize) % 100,
+                    100 + pod,
+                    pod % 4,
+                    pod % 5
+                );
+            }
+            if text.len() > 4 << 20 {
+                sink.send(bytes::Bytes::from(std::mem::take(&mut text)))
+                    .await?;
+            }
+        }
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.finish().await?;
+        client.batch_execute("ANALYZE system_metrics").await?;
+    }
+    println!("loaded in {:.0} s", loading.elapsed().as_secs_f64());
+
+    let pool = queries::pool(&url, 2).map_err(anyhow::Error::msg)?;
+    let now = chrono::DateTime::from_timestamp_millis(end + 1).unwrap_or_default();
+    let one_pod = Filters {
+        pod: Some("pod-042".into()),
+        from: now - chrono::Duration::hours(1),
+        to: now,
+        ..Filters::default()
+    };
+    let all_pods = Filters {
+        from: now - chrono::Duration::hours(24),
+        to: now,
+        ..Filters::default()
+    };
+    let raw = time_it(200, || async {
+        Ok(queries::list_metrics(&pool, &one_pod, None, 1000)
+            .await?
+            .len())
+    })
+    .await?;
+    let series = time_it(10, || async {
+        Ok(queries::series(
+            &pool,
+            &all_pods,
+            60,
+            Aggregate::Avg,
+            Dimension::Pod,
+            SeriesSource::Rows,
+        )
+        .await?
+        .len())
+    })
+    .await?;
+    let one_pod_series = time_it(100, || async {
+        Ok(queries::series(
+            &pool,
+            &one_pod,
+            60,
+            Aggregate::P95,
+            Dimension::Pod,
+            SeriesSource::Rows,
+        )
+        .await?
+        .len())
+    })
+    .await?;
+    println!(
+        "{:<48} {:>9} {:>9} {:>9}",
+        "query", "p50 ms", "p99 ms", "rows"
+    );
+    for (label, (p50, p99, rows)) in [
+        ("1 h of one pod, raw rows (/metrics?pod=)", raw),
+        ("1 h of one pod, 1m buckets, p95 (/series)", one_pod_series),
+        ("24 h of 500 pods, 1m buckets, avg (/series)", series),
+    ] {
+        println!("{label:<48} {p50:>9.1} {p99:>9.1} {rows:>9}");
+    }
+    drop(pool);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    Ok(())
+}

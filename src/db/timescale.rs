@@ -1,0 +1,125 @@
+//! TimescaleDB lifecycle, applied at start-up where `system_metrics` is a hypertable:
+//! compression of old chunks, retention, and a 1-minute continuous aggregate that the series
+//! API reads where it covers a request. On plain PostgreSQL none of this runs.
+//!
+//! This is done by the service rather than by a migration because TimescaleDB refuses to
+//! create a continuous aggregate inside a transaction, and a migration that must also succeed
+//! on plain PostgreSQL needs a `DO` block, which is one; and because the ages are settings.
+
+use tokio_postgres::Client;
+
+use crate::config::PolicyAge;
+
+/// Name of the continuous aggregate.
+pub const AGGREGATE: &str = "system_metrics_1m";
+
+const LOCK_KEY: i64 = 0x5041_4e4f_5054_4944;
+
+/// What was set up; a step that failed is logged and left out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Lifecycle {
+    pub continuous_aggregate: bool,
+}
+
+/// Applies the policies. Safe to run from several instances at once (advisory lock) and
+/// again at every start (each step replaces what the previous start left).
+pub async fn apply(client: &Client, compress_after: PolicyAge, retention: PolicyAge) -> Lifecycle {
+    if let Err(e) = client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+    {
+        log::warn!("TimescaleDB lifecycle skipped: {e}");
+        return Lifecycle::default();
+    }
+    let mut lifecycle = Lifecycle::default();
+    step(client, "compression", &compression_sql(compress_after)).await;
+    step(client, "retention", &retention_sql(retention)).await;
+    lifecycle.continuous_aggregate = step(
+        client,
+        "continuous aggregate",
+        &[
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {AGGREGATE}
+             WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+             SELECT time_bucket(INTERVAL '1 minute', time) AS bucket,
+                    service, pod_name, namespace, node_name,
+                    sum(cpu) AS cpu_sum, min(cpu) AS cpu_min, max(cpu) AS cpu_max,
+                    sum(memory) AS memory_sum, min(memory) AS memory_min, max(memory) AS memory_max,
+                    count(*) AS samples
+             FROM system_metrics
+             GROUP BY 1, 2, 3, 4, 5
+             WITH NO DATA"
+            ),
+            format!(
+                "SELECT add_continuous_aggregate_policy('{AGGREGATE}',
+                 start_offset => INTERVAL '3 hours', end_offset => INTERVAL '1 minute',
+                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)"
+            ),
+        ],
+    )
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    lifecycle
+}
+
+fn compression_sql(age: PolicyAge) -> Vec<String> {
+    let mut sql =
+        vec!["SELECT remove_compression_policy('system_metrics', if_exists => true)".to_owned()];
+    if let Some(seconds) = age.0 {
+        // Settings cannot change once chunks are compressed; set them only the first time.
+        sql.push(
+            "DO $$ BEGIN
+                 IF NOT (SELECT compression_enabled FROM timescaledb_information.hypertables
+                         WHERE hypertable_name = 'system_metrics') THEN
+                     ALTER TABLE system_metrics SET (timescaledb.compress,
+                         timescaledb.compress_segmentby = 'namespace, pod_name',
+                         timescaledb.compress_orderby = 'time DESC');
+                 END IF;
+             END $$"
+                .to_owned(),
+        );
+        sql.push(format!(
+            "SELECT add_compression_policy('system_metrics', INTERVAL '{seconds} seconds')"
+        ));
+    }
+    sql
+}
+
+fn retention_sql(age: PolicyAge) -> Vec<String> {
+    let mut sql =
+        vec!["SELECT remove_retention_policy('system_metrics', if_exists => true)".to_owned()];
+    if let Some(seconds) = age.0 {
+        sql.push(format!(
+            "SELECT add_retention_policy('system_metrics', INTERVAL '{seconds} seconds')"
+        ));
+    }
+    sql
+}
+
+/// Runs the statements of one step in order; answers whether all succeeded.
+async fn step(client: &Client, name: &str, statements: &[String]) -> bool {
+    for statement in statements {
+        if let Err(e) = client.batch_execute(statement).await {
+            log::warn!("TimescaleDB {name} not set up: {e}");
+            return false;
+        }
+    }
+    log::info!("TimescaleDB {name} set up");
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_removes_the_policy_and_adds_none() {
+        assert_eq!(retention_sql(PolicyAge(None)).len(), 1);
+        let sql = retention_sql(PolicyAge(Some(30 * 86_400)));
+        assert!(sql[1].contains("INTERVAL '2592000 seconds'"), "{sql:?}");
+        assert_eq!(compression_sql(PolicyAge(None)).len(), 1);
+        assert_eq!(compression_sql(PolicyAge(Some(3600))).len(), 3);
+    }
+}
