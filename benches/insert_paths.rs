@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use futures_util::SinkExt;
-use panopticon::db::{self, OffsetScope};
+use panopticon::db::{self, OffsetAdvance, OffsetScope};
 use panopticon::domain::{Rules, ValidMetric};
 use panopticon::simulate::Simulator;
 use tokio_postgres::{Client, NoTls};
@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(&admin_url);
     let url = format!("{base}/{name}");
     db::migrate(&url).await?;
-    let mut client = db::connect(&url).await?;
+    let mut client = db::connect_writer(&url).await?;
     let rows = rows(total);
     let scope = OffsetScope {
         group: "bench".into(),
@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..2 {
         for path in [
             "copy csv (reference)",
-            "binary copy + offsets (service)",
+            "binary copy, dedup, fenced offsets (service)",
             "unnest arrays",
             "multi-row values",
         ] {
@@ -167,8 +167,13 @@ async fn main() -> anyhow::Result<()> {
             for (i, part) in rows.chunks(batch).enumerate() {
                 match path {
                     "copy csv (reference)" => copy_csv(&mut client, part).await?,
-                    "binary copy + offsets (service)" => {
-                        db::write_batch(&mut client, part, &scope, &[(0, i as i64)]).await?
+                    "binary copy, dedup, fenced offsets (service)" => {
+                        let advance = OffsetAdvance {
+                            partition: 0,
+                            expected: (i > 0).then(|| i as i64 - 1),
+                            next: i as i64,
+                        };
+                        db::write_batch(&mut client, part, &scope, &[advance]).await?;
                     }
                     "unnest arrays" => unnest(&mut client, part).await?,
                     _ => values(&mut client, part).await?,

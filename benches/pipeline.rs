@@ -21,17 +21,23 @@
 //! Settings (environment): `BENCH_MESSAGES` (1000000), `BENCH_PODS` (500), `BENCH_PARTITIONS`
 //! (3), `BENCH_LATENCY_RATE` (10000 msg/s), `BENCH_LATENCY_SECS` (20), `BENCH_NAIVE_SECS` (20)
 //! and `BENCH_NAIVE_MAX` (50000 messages), `BENCH_JSON` (`target/bench-pipeline.json`),
-//! `BENCH_DATABASE_URL` (`postgres://postgres@127.0.0.1:5432/postgres`, the server on which
+//! `BENCH_PRELOAD_BATCH` (10000, messages a produced batch), `BENCH_DATABASE_URL` (`postgres://postgres@127.0.0.1:5432/postgres`, the server on which
 //! the databases are created and dropped), `BENCH_SERVICE_BIN` (default: the `panopticon`
 //! binary cargo builds for this bench), `TANSU` (default `~/.cargo/bin/tansu`, else `tansu` on
-//! the `PATH`), `BENCH_LOG=1` to echo the service's log.
+//! the `PATH`), `BENCH_LOG=1` to echo the service's log, `BENCH_SERVICE_ENV` (`KEY=VALUE;…`,
+//! settings given to the service on top of its defaults, for experiments; shown in the table),
+//! `BENCH_DRAIN_ONLY=1` to stop after the drain, `BENCH_PROFILE` (a command run during the
+//! drain, `{pid}` standing for the service's process id, stopped with SIGINT when the last row
+//! is in; e.g. `perf record -g -o target/drain.perf -p {pid}`).
 //!
 //! How latency is observed: the service stores a batch's rows and each partition's next offset
 //! (`kafka_offsets`) in one transaction, so the message at offset `o` of partition `p` is
 //! visible exactly when `kafka_offsets` says `next_offset > o` for `p`. A poller reads that
 //! tiny table every 10 ms; a message's latency is the first poll that sees it minus the moment
 //! it was handed to the producer (its `timestamp` field is that moment too). Every 500 ms the
-//! poller also counts the rows in the same snapshot, which must equal the sum of the offsets.
+//! poller also counts the rows in the same snapshot, which equals the sum of the offsets unless
+//! a message was stored twice or skipped; after each run the rows are counted (all, and distinct
+//! by pod and timestamp) against the messages sent, and duplicates or losses are reported.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -74,6 +80,12 @@ struct Settings {
     latency_secs: u64,
     naive_secs: u64,
     naive_max: usize,
+    preload_batch: usize,
+    /// A command run during the drain, `{pid}` replaced by the service's process id, stopped
+    /// with SIGINT when the drain is done: a profiler.
+    profile: Option<String>,
+    /// Settings given to the service besides the defaults, for experiments.
+    service_env: Vec<(String, String)>,
     json: PathBuf,
     admin_url: String,
     service_bin: PathBuf,
@@ -110,6 +122,20 @@ impl Settings {
             latency_secs: env_num("BENCH_LATENCY_SECS", 20)?,
             naive_secs: env_num("BENCH_NAIVE_SECS", 20)?,
             naive_max: env_num("BENCH_NAIVE_MAX", 50_000)?,
+            preload_batch: env_num("BENCH_PRELOAD_BATCH", 10_000)?,
+            profile: std::env::var("BENCH_PROFILE")
+                .ok()
+                .filter(|p| !p.trim().is_empty()),
+            service_env: std::env::var("BENCH_SERVICE_ENV")
+                .unwrap_or_default()
+                .split(';')
+                .filter(|kv| !kv.trim().is_empty())
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow!("BENCH_SERVICE_ENV: {kv:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?,
             json: std::env::var("BENCH_JSON")
                 .unwrap_or_else(|_| "target/bench-pipeline.json".into())
                 .into(),
@@ -226,7 +252,13 @@ fn start_tansu(settings: &Settings) -> anyhow::Result<(Guarded, String)> {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(&settings.tansu);
     command
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -274,6 +306,7 @@ impl Service {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(settings.service_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -315,8 +348,10 @@ impl Service {
             port: 0,
             started,
         };
-        let line =
-            service.wait_for_log("Application is running on: http://localhost:", Duration::from_secs(30))?;
+        let line = service.wait_for_log(
+            "Application is running on: http://localhost:",
+            Duration::from_secs(30),
+        )?;
         service.port = line
             .rsplit(':')
             .next()
@@ -378,7 +413,12 @@ impl Service {
     }
 }
 
-fn service_env(broker: &str, topic: &str, group: &str, db: &Database) -> Vec<(&'static str, String)> {
+fn service_env(
+    broker: &str,
+    topic: &str,
+    group: &str,
+    db: &Database,
+) -> Vec<(&'static str, String)> {
     vec![
         ("KAFKA_BROKERS", broker.to_owned()),
         ("KAFKA_TOPIC", topic.to_owned()),
@@ -387,6 +427,20 @@ fn service_env(broker: &str, topic: &str, group: &str, db: &Database) -> Vec<(&'
         ("HTTP_PORT", "0".into()),
         ("HTTP_HOST", "127.0.0.1".into()),
     ]
+}
+
+/// Starts `sh -c template` with `{pid}` replaced, and gives it a moment to attach.
+fn start_profiler(template: &str, pid: u32) -> anyhow::Result<Guarded> {
+    let script = format!("exec {}", template.replace("{pid}", &pid.to_string()));
+    let profiler = Guarded::spawn(
+        "profiler",
+        Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::null()),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(profiler)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,7 +732,11 @@ impl ProducerContext for Tracking {
             }
             Err((e, _)) => {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
-                self.0.first_error.lock().unwrap().get_or_insert(e.to_string());
+                self.0
+                    .first_error
+                    .lock()
+                    .unwrap()
+                    .get_or_insert(e.to_string());
             }
         }
     }
@@ -711,19 +769,42 @@ fn send(
     }
 }
 
-fn high_watermarks(
-    producer: &ThreadedProducer<Tracking>,
-    topic: &str,
-    partitions: i32,
-) -> anyhow::Result<Vec<i64>> {
-    (0..partitions)
-        .map(|p| {
-            Ok(producer
-                .client()
-                .fetch_watermarks(topic, p, Duration::from_secs(10))?
-                .1)
-        })
-        .collect()
+/// Whether a fetch that starts inside a record batch gets that batch (as Kafka answers, the
+/// client skipping the records before its position) rather than the next one. The service
+/// pauses its partitions under backpressure, and librdkafka resumes them at the position the
+/// service has read to, which is mostly inside a batch: a broker that answers with the next
+/// batch loses the rest of the current one.
+async fn fetches_inside_batches(broker: &str) -> anyhow::Result<bool> {
+    let topic = format!("probe_{}", uuid::Uuid::new_v4().simple());
+    create_topic(broker, &topic, 1).await?;
+    let broker = broker.to_owned();
+    let probe = tokio::task::spawn_blocking(move || {
+        let deliveries = Arc::new(Deliveries::default());
+        let producer: ThreadedProducer<Tracking> = ClientConfig::new()
+            .set("bootstrap.servers", &broker)
+            .set("linger.ms", "200")
+            .create_with_context(Tracking(deliveries.clone()))?;
+        for i in 0..3 {
+            send(&producer, &topic, 0, "probe", b"probe", i)?;
+        }
+        producer.flush(Duration::from_secs(10))?;
+        ensure!(
+            deliveries.delivered.load(Ordering::Relaxed) == 3,
+            "probe messages not delivered"
+        );
+        let consumer: BaseConsumer = consumer_config(&broker, "probe").create()?;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(1))?;
+        consumer.assign(&assignment)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                return Ok(message?.offset() == 1);
+            }
+        }
+        Ok::<_, anyhow::Error>(false)
+    });
+    within(Duration::from_secs(30), "broker probe", probe).await??
 }
 
 /// The preloaded messages, packed: payloads in one buffer, with each one's pod index.
@@ -763,6 +844,15 @@ impl Messages {
         messages
     }
 
+    /// How many messages each partition gets.
+    fn per_partition(&self, partitions: i32) -> Vec<i64> {
+        let mut counts = vec![0i64; partitions as usize];
+        for &(pod, _, _) in &self.index {
+            counts[(pod as i32 % partitions) as usize] += 1;
+        }
+        counts
+    }
+
     fn payload(&self, i: usize) -> &[u8] {
         let (_, start, end) = self.index[i];
         &self.bytes[start..end]
@@ -777,13 +867,20 @@ fn now_ms() -> i64 {
 }
 
 /// Produces every message, pod `i` to partition `i mod P`, as fast as a batching producer
-/// goes; answers the seconds from the first send to the last acknowledgement.
-fn preload(broker: &str, topic: &str, messages: &Messages, partitions: i32) -> anyhow::Result<f64> {
+/// goes; answers the seconds from the first send to the last acknowledgement. Every message
+/// must be acknowledged; the read limit and the drain then check that all of them arrive.
+fn preload(
+    broker: &str,
+    topic: &str,
+    messages: &Messages,
+    partitions: i32,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let deliveries = Arc::new(Deliveries::default());
     let producer: ThreadedProducer<Tracking> = ClientConfig::new()
         .set("bootstrap.servers", broker)
-        .set("linger.ms", "50")
-        .set("batch.num.messages", "10000")
+        .set("linger.ms", if batch > 1 { "50" } else { "0" })
+        .set("batch.num.messages", batch.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -807,17 +904,26 @@ fn preload(broker: &str, topic: &str, messages: &Messages, partitions: i32) -> a
             deliveries.failed.load(Ordering::Relaxed)
         );
     }
-    let total: i64 = high_watermarks(&producer, topic, partitions)?.iter().sum();
-    ensure!(
-        total as usize == messages.index.len(),
-        "the topic holds {total} messages, not {}",
-        messages.index.len()
-    );
     Ok(took)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Phase 2: the service drains the preloaded topic.
+
+/// Rows in `system_metrics`, and how many distinct ones: every message of a run has its own
+/// pod and timestamp.
+async fn stored_rows(url: &str) -> anyhow::Result<(i64, i64)> {
+    let row = within(
+        Duration::from_secs(120),
+        "count rows",
+        connect(url).await?.query_one(
+            "SELECT count(*), count(DISTINCT (pod_name, time)) FROM system_metrics",
+            &[],
+        ),
+    )
+    .await??;
+    Ok((row.get(0), row.get(1)))
+}
 
 async fn committed(client: &Client, group: &str, topic: &str) -> anyhow::Result<i64> {
     let row = within(
@@ -846,6 +952,10 @@ async fn drain(
     let mut service = Service::spawn(settings, &service_env(broker, topic, &group, &db))?;
     let pid = service.process.pid();
     let poll = connect(&db.url).await?;
+    let profiler = match &settings.profile {
+        Some(template) => Some(start_profiler(template, pid)?),
+        None => None,
+    };
     let before = CpuSnapshot::take(pid, broker_pid);
     let mut first: Option<(CpuSnapshot, i64)> = None;
     let mut samples: Vec<(f64, i64)> = Vec::new();
@@ -854,7 +964,10 @@ async fn drain(
     let (last, hwm_kib) = loop {
         let count = committed(&poll, &group, topic).await?;
         let now = Instant::now();
-        samples.push((round3(now.duration_since(service.started).as_secs_f64()), count));
+        samples.push((
+            round3(now.duration_since(service.started).as_secs_f64()),
+            count,
+        ));
         if count > 0 && first.is_none() {
             first = Some((CpuSnapshot::take(pid, broker_pid), count));
         }
@@ -866,7 +979,10 @@ async fn drain(
             last_change = (now, count);
         }
         if let Some(status) = service.process.exited() {
-            bail!("the service exited ({status}) during the drain; log:\n{}", service.log_tail(30));
+            bail!(
+                "the service exited ({status}) during the drain; log:\n{}",
+                service.log_tail(30)
+            );
         }
         if now.duration_since(last_change.0) > STALL || now > deadline {
             bail!(
@@ -877,6 +993,17 @@ async fn drain(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    if let Some(mut profiler) = profiler {
+        // SIGINT: perf and valgrind's tools write their data and exit.
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(profiler.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while profiler.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let status = service.status().await;
     let (first, first_count) = first.expect("a first sample before the last");
     let seconds = last.at.duration_since(first.at).as_secs_f64();
@@ -889,15 +1016,13 @@ async fn drain(
         .wait_for_log("Kafka consumer connected", Duration::ZERO)
         .is_ok();
     let exit = service.process.terminate(Duration::from_secs(40))?;
-    let stored: i64 = connect(&db.url)
-        .await?
-        .query_one("SELECT count(*) FROM system_metrics", &[])
-        .await?
-        .get(0);
-    ensure!(
-        stored == n,
-        "the service stored {stored} rows for {n} messages"
-    );
+    let (stored, distinct) = stored_rows(&db.url).await?;
+    if stored != n || distinct != n {
+        eprintln!(
+            "WARNING: {n} messages, {stored} rows stored, {distinct} of them distinct; log:\n{}",
+            service.log_tail(20)
+        );
+    }
     let metric_lines = service.log.lock().unwrap().metric_lines;
     Ok(json!({
         "rows_per_s": rate.round(),
@@ -911,6 +1036,8 @@ async fn drain(
         "cpu_during_drain": first.until(&last, tck),
         "cpu_since_start": before.until(&last, tck),
         "rows_stored": stored,
+        "duplicate_rows": stored - distinct,
+        "missing_rows": n - distinct,
         "exit": exit.code(),
         "consumer_joined_logged": joined,
         "metric_lines_printed": metric_lines,
@@ -1017,7 +1144,10 @@ async fn copy(client: &Client, format: &str, data: &Bytes, rows: usize) -> anyho
     };
     let copied = within(Duration::from_secs(600), "COPY", run).await??;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
-    ensure!(copied as usize == rows, "COPY stored {copied} of {rows} rows");
+    ensure!(
+        copied as usize == rows,
+        "COPY stored {copied} of {rows} rows"
+    );
     Ok(rate)
 }
 
@@ -1088,7 +1218,12 @@ fn read_limit(
 
 /// Consumes and validates like the service, but stores each message with its own autocommitted
 /// `INSERT`; for `naive_secs` or `naive_max` messages, whichever comes first.
-async fn naive(settings: &Settings, broker: &str, topic: &str, client: &Client) -> anyhow::Result<(f64, usize)> {
+async fn naive(
+    settings: &Settings,
+    broker: &str,
+    topic: &str,
+    client: &Client,
+) -> anyhow::Result<(f64, usize)> {
     let group = format!("naive_{}", uuid::Uuid::new_v4().simple());
     let consumer: StreamConsumer = consumer_config(broker, &group).create()?;
     consumer.subscribe(&[topic])?;
@@ -1260,7 +1395,10 @@ async fn latency(
     service.wait_for_log("Kafka consumer connected", Duration::from_secs(60))?;
     let pid = service.process.pid();
     let total = (settings.latency_rate * settings.latency_secs) as usize;
-    ensure!(total > 0, "BENCH_LATENCY_RATE × BENCH_LATENCY_SECS must be > 0");
+    ensure!(
+        total > 0,
+        "BENCH_LATENCY_RATE × BENCH_LATENCY_SECS must be > 0"
+    );
 
     // The poller.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1355,7 +1493,10 @@ async fn latency(
     .await???;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
     if let Some(e) = deliveries.first_error.lock().unwrap().clone() {
-        bail!("{} messages were not delivered: {e}", deliveries.failed.load(Ordering::Relaxed));
+        bail!(
+            "{} messages were not delivered: {e}",
+            deliveries.failed.load(Ordering::Relaxed)
+        );
     }
     let positions = deliveries.positions.lock().unwrap().clone();
     let mut needed = vec![0i64; settings.partitions as usize];
@@ -1382,7 +1523,8 @@ async fn latency(
     let after = CpuSnapshot::take(pid, broker_pid);
     let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
-    let (samples, checks, mismatches) = within(Duration::from_secs(30), "poller", poller).await???;
+    let (samples, checks, mismatches) =
+        within(Duration::from_secs(30), "poller", poller).await???;
     drop(producer);
     let status = service.status().await;
     let exit = service.process.terminate(Duration::from_secs(40))?;
@@ -1393,16 +1535,22 @@ async fn latency(
         let p = p as usize;
         let j = samples.partition_point(|s| s.next[p] <= o);
         match samples.get(j) {
-            Some(s) => latencies.push(s.at.saturating_duration_since(sent_at[i]).as_secs_f64() * 1000.0),
+            Some(s) => {
+                latencies.push(s.at.saturating_duration_since(sent_at[i]).as_secs_f64() * 1000.0)
+            }
             None => unseen += 1,
         }
     }
     ensure!(unseen == 0, "{unseen} messages never seen by the poller");
-    ensure!(
-        mismatches.is_empty(),
-        "rows and stored offsets disagreed in {} of {checks} snapshots: {mismatches:?}",
-        mismatches.len()
-    );
+    let (stored, distinct) = stored_rows(&db.url).await?;
+    if !mismatches.is_empty() || stored != total as i64 || distinct != total as i64 {
+        eprintln!(
+            "WARNING: {total} messages, {stored} rows stored, {distinct} of them distinct; rows and \
+             stored offsets disagreed in {} of {checks} snapshots (rows, offsets): {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(10)]
+        );
+    }
     latencies.sort_by(f64::total_cmp);
     let gaps: Vec<f64> = samples
         .windows(2)
@@ -1420,6 +1568,10 @@ async fn latency(
         "mean_ms": round3(latencies.iter().sum::<f64>() / latencies.len().max(1) as f64),
         "poll_interval_ms": round3(mean_gap),
         "consistency_checks": checks,
+        "consistency_mismatches": mismatches.len(),
+        "rows_stored": stored,
+        "duplicate_rows": stored - distinct,
+        "missing_rows": total as i64 - distinct,
         "service_cpu": before.until(&after, tck),
         "peak_rss_mib": round3(hwm_kib as f64 / 1024.0),
         "flushes": status["writer"]["flushes"].clone(),
@@ -1443,7 +1595,9 @@ fn loadavg() -> String {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let tck = clock_ticks();
     let n = settings.messages;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let load_at_start = loadavg();
     step(&format!(
         "{n} messages, {} pods, {} partitions; {cpus} CPUs, load average {load_at_start}",
@@ -1458,6 +1612,23 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let (broker_process, broker) = start_tansu(&settings)?;
     let broker_pid = broker_process.pid();
+    if !fetches_inside_batches(&broker).await? {
+        let why = format!(
+            "the broker ({}) answers a fetch that starts inside a record batch with the next \
+             batch, skipping the rest of the current one (tansu 0.6.0's memory engine does: \
+             dynostore's fetch takes the batches whose base offset is at or after the fetch \
+             offset). The service pauses and resumes its partitions under backpressure, which \
+             refetches from inside a batch, so messages would be lost and the results wrong. \
+             Point TANSU at a broker without this bug",
+            settings.tansu.display()
+        );
+        ensure!(
+            settings.preload_batch == 1,
+            "{why}, or preload one message a batch with BENCH_PRELOAD_BATCH=1 (slow, and \
+             the broker then bounds the drain)."
+        );
+        eprintln!("WARNING: {why}. Preloading one message a batch (BENCH_PRELOAD_BATCH=1).");
+    }
     let topic = format!("preload_{}", uuid::Uuid::new_v4().simple());
     create_topic(&broker, &topic, settings.partitions).await?;
 
@@ -1465,28 +1636,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     step("generating messages");
     let messages = Arc::new(Messages::generate(n, settings.pods));
     let payload_mb = messages.bytes.len() as f64 / 1e6;
-    step(&format!("preloading {n} messages ({payload_mb:.1} MB) into {topic}"));
+    step(&format!(
+        "preloading {n} messages ({payload_mb:.1} MB) into {topic}"
+    ));
     let preload_s = {
         let (broker, topic, messages) = (broker.clone(), topic.clone(), messages.clone());
         let partitions = settings.partitions;
+        let preload_batch = settings.preload_batch;
         within(
             Duration::from_secs(1800),
             "preload",
-            tokio::task::spawn_blocking(move || preload(&broker, &topic, &messages, partitions)),
+            tokio::task::spawn_blocking(move || {
+                preload(&broker, &topic, &messages, partitions, preload_batch)
+            }),
         )
         .await???
     };
-    let watermarks = {
-        let (broker, topic) = (broker.clone(), topic.clone());
-        let partitions = settings.partitions;
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker).create()?;
-            (0..partitions)
-                .map(|p| Ok(consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?.1))
-                .collect::<anyhow::Result<Vec<i64>>>()
-        })
-        .await??
-    };
+    // What each partition holds, by construction. (tansu's ListOffsets answers the base
+    // offset of a partition's last batch as its high watermark, so it is not asked.)
+    let watermarks = messages.per_partition(settings.partitions);
     step(&format!(
         "preloaded in {preload_s:.1} s ({:.0} msg/s); partitions hold {watermarks:?}",
         n as f64 / preload_s
@@ -1496,6 +1664,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     step("draining with the service (default settings)");
     let drain = drain(&settings, &broker, broker_pid, &topic, tck).await?;
     step(&format!("drain: {} rows/s", drain["rows_per_s"]));
+    if std::env::var_os("BENCH_DRAIN_ONLY").is_some() {
+        let mut drain = drain;
+        drain["samples"] = Value::Null;
+        println!("{drain:#}");
+        return Ok(());
+    }
 
     // 3a. Write limit.
     step("write limit: COPY of the same rows");
@@ -1559,10 +1733,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let vs_naive = drain_rate / naive_rate;
     let p99_target = BATCH_MAX_WAIT_MS + 100.0;
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let sum = |key: &str| {
+        drain[key].as_f64().unwrap_or(f64::NAN) + latency[key].as_f64().unwrap_or(f64::NAN)
+    };
+    let (lost, duplicates) = (sum("missing_rows"), sum("duplicate_rows"));
     let targets = json!({
         "drain_vs_copy": { "value": round3(vs_copy), "target": ">= 0.6", "pass": vs_copy >= 0.6 },
         "drain_vs_naive": { "value": round3(vs_naive), "target": ">= 20", "pass": vs_naive >= 20.0 },
         "latency_p99_ms": { "value": p99, "target": format!("<= {p99_target}"), "pass": p99 <= p99_target },
+        "lost_metrics": { "value": lost, "target": "0", "pass": lost == 0.0 },
+        "duplicate_rows": { "value": duplicates, "target": "0", "pass": duplicates == 0.0 },
         "peak_rss_mib": { "value": drain_rss.max(latency["peak_rss_mib"].as_f64().unwrap_or(0.0)), "target": "<= 256", "pass": drain_rss.max(latency["peak_rss_mib"].as_f64().unwrap_or(0.0)) <= RSS_TARGET_MIB },
     });
 
@@ -1578,7 +1758,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         out,
-        "preload (linger.ms=50, 10000-message batches): {preload_s:.1} s = {:.0} msg/s",
+        "preload (batches of up to {} messages): {preload_s:.1} s = {:.0} msg/s",
+        settings.preload_batch,
         n as f64 / preload_s
     );
     let _ = writeln!(out);
@@ -1602,8 +1783,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         format!("{drain_cpu:.1}"),
         format!("{drain_rss:.1}"),
     );
-    row(&mut out, "write limit: COPY csv, one statement", csv_rate, "-".into(), "-".into());
-    row(&mut out, "write limit: COPY binary, one statement", binary_rate, "-".into(), "-".into());
+    row(
+        &mut out,
+        "write limit: COPY csv, one statement",
+        csv_rate,
+        "-".into(),
+        "-".into(),
+    );
+    row(
+        &mut out,
+        "write limit: COPY binary, one statement",
+        binary_rate,
+        "-".into(),
+        "-".into(),
+    );
     row(
         &mut out,
         "read limit: rdkafka consumer, reads only",
@@ -1642,7 +1835,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let lat_cpu = &latency["service_cpu"];
     let _ = writeln!(
         out,
-        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms; {} row/offset checks agreed)",
+        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms)",
         settings.latency_rate,
         settings.latency_secs,
         latency["achieved_rate"],
@@ -1651,7 +1844,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         p99,
         latency["max_ms"].as_f64().unwrap_or(f64::NAN),
         latency["poll_interval_ms"].as_f64().unwrap_or(f64::NAN),
-        latency["consistency_checks"]
     );
     let _ = writeln!(
         out,
@@ -1659,18 +1851,24 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         lat_cpu["service_cpu_s"], lat_cpu["wall_s"], latency["peak_rss_mib"], latency["flushes"]
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<28} {:>10} {:>12}  result", "target", "value", "goal");
-    for (name, key, unit) in [
-        ("drain / COPY limit", "drain_vs_copy", ""),
-        ("drain / naive", "drain_vs_naive", ""),
-        ("latency p99", "latency_p99_ms", " ms"),
-        ("peak RSS", "peak_rss_mib", " MiB"),
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>12}  result",
+        "target", "value", "goal"
+    );
+    for (name, key, unit, digits) in [
+        ("drain / COPY limit", "drain_vs_copy", "", 2),
+        ("drain / naive", "drain_vs_naive", "", 1),
+        ("latency p99", "latency_p99_ms", " ms", 0),
+        ("peak RSS", "peak_rss_mib", " MiB", 1),
+        ("metrics lost (both runs)", "lost_metrics", "", 0),
+        ("rows stored twice", "duplicate_rows", "", 0),
     ] {
         let t = &targets[key];
         let _ = writeln!(
             out,
             "{name:<28} {:>10} {:>12}  {}",
-            format!("{:.2}{unit}", t["value"].as_f64().unwrap_or(f64::NAN)),
+            format!("{:.digits$}{unit}", t["value"].as_f64().unwrap_or(f64::NAN)),
             t["target"].as_str().unwrap_or_default(),
             verdict(t["pass"].as_bool().unwrap_or(false))
         );

@@ -42,6 +42,11 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "panopticon")]
     pub kafka_group_id: String,
 
+    /// Topic every message that cannot be stored is dead-lettered to, with the reason in its
+    /// headers.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "metrics.system.dlq")]
+    pub kafka_dlq_topic: String,
+
     /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
     /// override Panopticon's own consumer defaults.
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
@@ -84,8 +89,8 @@ pub struct Settings {
     pub writer_mailbox_capacity: u32,
 
     /// How far in the future a metric's timestamp may lie (ms) before it is rejected.
-    #[arg(long, env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000)]
-    pub max_future_skew_ms: u64,
+    #[arg(long, env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(0..=3_153_600_000_000))]
+    pub max_future_skew_ms: i64,
 
     /// Most `[METRIC]` lines printed a second; the rest are summed up in one line.
     #[arg(long, env = "METRIC_LOG_MAX_PER_SEC", default_value_t = 100)]

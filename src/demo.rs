@@ -15,6 +15,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupEr
     cluster
         .create_topic(&settings.kafka_topic, 3, 1)
         .map_err(|e| StartupError::Runtime(format!("cannot create the demo topic: {e}")))?;
+    cluster
+        .create_topic(&settings.kafka_dlq_topic, 1, 1)
+        .map_err(|e| StartupError::Runtime(format!("cannot create the demo topic: {e}")))?;
     settings.kafka_brokers = cluster.bootstrap_servers();
     log::info!(
         "demo: in-process Kafka broker at {} with topic {} (3 partitions)",

@@ -51,20 +51,24 @@ impl ValidMetric {
                 "payload is empty".into(),
             ));
         }
-        let raw: RawMetric<'_> = serde_json::from_str(text).map_err(|e| {
-            let not_object = !text.trim_start().starts_with('{')
-                && e.classify() == serde_json::error::Category::Data;
-            if not_object {
-                Rejection::new(
-                    Reason::NotAnObject,
-                    format!("payload must be a JSON object: {e}"),
-                )
-            } else {
-                Rejection::new(
+        // serde would also fill the struct from a JSON array, by position: only objects are
+        // metrics.
+        if !text.trim_start().starts_with('{') {
+            return Err(match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => {
+                    Rejection::new(Reason::NotAnObject, "payload must be a JSON object".into())
+                }
+                Err(e) => Rejection::new(
                     Reason::InvalidJson,
                     format!("payload is not valid JSON: {e}"),
-                )
-            }
+                ),
+            });
+        }
+        let raw: RawMetric<'_> = serde_json::from_str(text).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidJson,
+                format!("payload is not valid JSON: {e}"),
+            )
         })?;
         raw.validate(rules, now_ms)
     }
@@ -100,6 +104,34 @@ impl ValidMetric {
 
     pub fn memory(&self) -> f64 {
         self.memory
+    }
+}
+
+/// A metric in the wire format Fluent Bit produces.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireMetric<'a> {
+    pub timestamp: i64,
+    pub service: &'a str,
+    pub pod_name: &'a str,
+    pub namespace: &'a str,
+    pub node_name: &'a str,
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+impl ValidMetric {
+    /// The metric as it would arrive, e.g. to dead-letter it.
+    pub fn to_wire(&self) -> WireMetric<'_> {
+        WireMetric {
+            timestamp: self.time_ms,
+            service: &self.service,
+            pod_name: &self.pod_name,
+            namespace: &self.namespace,
+            node_name: &self.node_name,
+            cpu: self.cpu,
+            memory: self.memory,
+        }
     }
 }
 
@@ -469,6 +501,12 @@ mod tests {
             (with("podName", "[]"), Reason::WrongType),
             ("{\"cpu\":1}".to_owned(), Reason::MissingField),
             ("42".to_owned(), Reason::NotAnObject),
+            (
+                r#"[1730707200000,"s","p","n","d",1.0,2.0]"#.to_owned(),
+                Reason::NotAnObject,
+            ),
+            ("[]".to_owned(), Reason::NotAnObject),
+            (with("cpu", "100.00000000000001"), Reason::OutOfRange),
             ("{\"cpu\":".to_owned(), Reason::InvalidJson),
         ];
         for (payload, reason) in cases {

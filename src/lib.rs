@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod config;
 pub mod db;
+pub mod dead_letter;
 pub mod demo;
 pub mod domain;
 pub mod http;

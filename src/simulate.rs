@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimulateArgs;
+use crate::domain::WireMetric;
+
+/// One sample in the wire format.
+pub use crate::domain::WireMetric as Sample;
 
 const SERVICES: &[&str] = &[
     "log-generator",
@@ -20,19 +23,6 @@ const SERVICES: &[&str] = &[
 ];
 const NAMESPACES: &[&str] = &["default", "shop"];
 const NODES: &[&str] = &["kind-control-plane", "kind-worker", "kind-worker2"];
-
-/// One sample in the wire format.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sample<'a> {
-    pub timestamp: i64,
-    pub service: &'a str,
-    pub pod_name: &'a str,
-    pub namespace: &'a str,
-    pub node_name: &'a str,
-    pub cpu: f64,
-    pub memory: f64,
-}
 
 #[derive(Debug)]
 struct Pod {
@@ -89,7 +79,7 @@ impl Simulator {
             pod.cpu = (pod.cpu + (self.rng.f64() - 0.5) * 8.0 + spike).clamp(0.0, 100.0);
             pod.memory = (pod.memory + (self.rng.f64() - 0.5) * 16.0).clamp(16.0, 4096.0);
             payload.clear();
-            let sample = Sample {
+            let sample = WireMetric {
                 timestamp: now_ms,
                 service: pod.service,
                 pod_name: &pod.name,

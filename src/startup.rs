@@ -19,6 +19,7 @@ use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
 use crate::actors::validator::Validator;
 use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
+use crate::dead_letter::DeadLetters;
 use crate::domain::Rules;
 use crate::http::api::ApiState;
 use crate::stats::Stats;
@@ -157,6 +158,12 @@ async fn start_pipeline(
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
     let client = connect_database(settings, &stats).await;
     let consumer = connect_kafka(settings, stats.clone()).await?;
+    let dead_letters = DeadLetters::new(
+        &settings.kafka_brokers,
+        &settings.kafka_dlq_topic,
+        &settings.kafka_topic,
+    )
+    .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
     let mut writer = BatchWriter::new(
         WriterSettings {
@@ -171,6 +178,7 @@ async fn start_pipeline(
             },
         },
         client,
+        dead_letters.clone(),
         stats.clone(),
     );
     // The writer needs the consumer's address and the consumer the validator's, which needs
@@ -179,14 +187,16 @@ async fn start_pipeline(
     let writer_addr = writer_ctx.address();
     let validator = Validator::new(
         Rules {
-            max_future_skew_ms: settings.max_future_skew_ms as i64,
+            max_future_skew_ms: settings.max_future_skew_ms,
         },
-        writer_addr,
+        writer_addr.clone(),
+        dead_letters,
         stats.clone(),
         settings.validator_mailbox_capacity as usize,
         settings.metric_log_max_per_sec,
     )
     .start();
+    consumer.context().set_writer(writer_addr);
     let consumer = KafkaConsumer::new(consumer, settings, validator, stats.clone())
         .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?
         .start();
@@ -203,7 +213,7 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
     loop {
         let attempt = async {
             db::migrate(url).await?;
-            let client = db::connect(url).await?;
+            let client = db::connect_writer(url).await?;
             let storage = db::describe_storage(&client).await?;
             Ok::<_, db::DbError>((client, storage))
         };

@@ -70,6 +70,12 @@ pub struct Stats {
     pub validator: ActorStats,
     pub writer: ActorStats,
     rejected: [AtomicU64; Reason::ALL.len()],
+    /// Messages sent to the dead-letter topic and acknowledged by the broker.
+    pub dead_lettered: AtomicU64,
+    /// Rows skipped by the database because the same metric was stored already.
+    pub duplicates_skipped: AtomicU64,
+    /// Rows dropped because their partition moved to another instance or they were stored.
+    pub stale_rows_dropped: AtomicU64,
     pub rows_buffered: AtomicU64,
     pub rows_written: AtomicU64,
     pub flushes_by_size: AtomicU64,

@@ -340,11 +340,11 @@ async fn a_killed_service_loses_nothing_on_restart() {
     env.insert("BATCH_MAX_ROWS".into(), "1000000".into());
     let mut app = TestApp::spawn_consuming(env.clone());
     let ts = now_ms();
-    let payloads: Vec<Vec<u8>> = (0..50)
-        .map(|i| guide_message(&format!("pod-{i}"), 5.0, 5.0, ts - i))
-        .collect();
     let producer = producer();
     for partition in 0..PARTITIONS {
+        let payloads: Vec<Vec<u8>> = (0..50)
+            .map(|i| guide_message(&format!("pod-{partition}-{i}"), 5.0, 5.0, ts - i))
+            .collect();
         produce(&producer, &s.topic, partition, &payloads).await;
     }
     app.wait_for_status("all records buffered", |s| {
@@ -470,7 +470,7 @@ async fn a_stalled_database_pauses_consumption_instead_of_buffering() {
 
     lock.rollback().await.unwrap();
     let stored = wait_for_count(&s.db, "SELECT count(*) FROM system_metrics", 2000).await;
-    assert_eq!(stored, 2000);
+    assert_eq!(stored, 2000, "{:#}", app.status().await);
     app.wait_for_status("the consumer to resume", |s| {
         s["backpressure"]["state"] == "ok"
     })

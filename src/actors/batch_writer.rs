@@ -1,12 +1,18 @@
 //! The batch writer actor: the only code that writes rows.
 //!
-//! Accepts [`ValidChunk`] from the validator and [`Flush`] at shutdown. Buffers metrics until
-//! the batch holds `BATCH_MAX_ROWS` rows or its oldest row has waited `BATCH_MAX_WAIT_MS`, then
-//! stores the rows and the offsets they cover in one transaction, logs a `[METRIC]` line per
-//! row (capped), and tells the consumer ([`OffsetsStored`]) which offsets may be committed to
-//! Kafka. While a flush runs the mailbox is not drained: that is the backpressure.
+//! Accepts [`ValidChunk`] from the validator, [`Assigned`] and [`Revoked`] from the consumer's
+//! rebalance callback, and [`Flush`] at shutdown. Buffers metrics until the batch holds
+//! `BATCH_MAX_ROWS` rows or its oldest row has waited `BATCH_MAX_WAIT_MS`, then stores the rows
+//! and the partitions' next offsets in one transaction, logs a `[METRIC]` line per row (capped),
+//! and tells the consumer ([`OffsetsStored`]) which offsets may be committed to Kafka. While a
+//! flush runs the mailbox is not drained: that is the backpressure.
+//!
+//! The database is the truth about offsets: each partition's stored offset only moves from the
+//! value this writer expects, so a writer that lost a partition in a rebalance cannot store
+//! rows or offsets over the new owner's. Rows of partitions it does not own, or below the
+//! stored offset, are dropped; the same metric stored twice is skipped by the database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,19 +21,35 @@ use actix::prelude::*;
 use chrono::{SecondsFormat, Utc};
 use tokio_postgres::Client;
 
-use crate::db::{self, OffsetScope};
+use crate::db::{self, OffsetAdvance, OffsetScope, WriteOutcome};
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::ValidMetric;
 use crate::log_limit::LogLimit;
 use crate::stats::{FlushReport, Stats, Trigger};
 
-/// Valid metrics of one consumed chunk, and for each partition the chunk touched the next
-/// offset to consume once these metrics are stored (invalid records included: they are done).
+/// Valid metrics of one consumed chunk with their partitions and offsets, and for each
+/// partition the chunk touched the next offset to consume once these metrics are stored
+/// (invalid records included: they are dead-lettered and done).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ValidChunk {
     pub metrics: Vec<ValidMetric>,
+    /// `(partition, offset)` of each metric.
+    pub offsets: Vec<(i32, i64)>,
     pub next_offsets: Vec<(i32, i64)>,
 }
+
+/// Partitions assigned to this instance, with the next offsets stored for them (`None`:
+/// nothing stored yet). Sent before any of their records can arrive.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Assigned(pub Vec<(i32, Option<i64>)>);
+
+/// Partitions taken from this instance: their buffered rows are dropped; the new owner
+/// consumes them again from the stored offset.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Revoked(pub Vec<i32>);
 
 /// Flush now, whatever the batch holds; answers with every offset stored so far.
 #[derive(Debug, Message)]
@@ -50,12 +72,57 @@ pub struct WriterSettings {
     pub scope: OffsetScope,
 }
 
+/// The rows of one flush and the offset moves that go with them.
+#[derive(Debug, Default)]
+struct Batch {
+    rows: Vec<ValidMetric>,
+    /// `(partition, offset)` of each row.
+    offsets: Vec<(i32, i64)>,
+    advances: Vec<OffsetAdvance>,
+}
+
+/// Keeps the rows (and their offsets) for which `keep(partition, offset)` holds.
+fn retain_rows(
+    rows: &mut Vec<ValidMetric>,
+    offsets: &mut Vec<(i32, i64)>,
+    keep: impl Fn(i32, i64) -> bool,
+) {
+    let (kept_rows, kept_offsets) = std::mem::take(rows)
+        .into_iter()
+        .zip(std::mem::take(offsets))
+        .filter(|(_, (partition, offset))| keep(*partition, *offset))
+        .unzip();
+    *rows = kept_rows;
+    *offsets = kept_offsets;
+}
+
+impl Batch {
+    /// After a fenced write: drops what the stored offset says is done and moves from there.
+    fn refence(&mut self, partition: i32, stored: Option<i64>) {
+        let floor = stored.unwrap_or(i64::MIN);
+        retain_rows(&mut self.rows, &mut self.offsets, |p, offset| {
+            p != partition || offset >= floor
+        });
+        for advance in &mut self.advances {
+            if advance.partition == partition {
+                advance.expected = stored;
+            }
+        }
+        self.advances
+            .retain(|a| a.partition != partition || a.expected.is_none_or(|e| a.next > e));
+    }
+}
+
 pub struct BatchWriter {
     settings: WriterSettings,
     /// Metrics waiting for the next flush, in the order they were consumed.
     buffer: Vec<ValidMetric>,
+    /// `(partition, offset)` of each buffered metric.
+    buffer_offsets: Vec<(i32, i64)>,
     /// Next offsets covered by `buffer`, per partition; stored with it.
-    pending: Vec<(i32, i64)>,
+    pending: BTreeMap<i32, i64>,
+    /// Partitions this instance owns, with the stored next offset it expects to move from.
+    owned: HashMap<i32, Option<i64>>,
     /// When the current batch got its first chunk; the time trigger measures from here.
     oldest: Option<Instant>,
     /// The writer's own connection: COPY needs one that nothing else uses. `None` while a
@@ -65,24 +132,34 @@ pub struct BatchWriter {
     stored: BTreeMap<i32, i64>,
     /// Told after each flush which offsets may be committed to Kafka.
     on_stored: Option<Recipient<OffsetsStored>>,
+    /// Where rows the database refuses go.
+    dead_letters: DeadLetters,
     /// Caps `[METRIC]` lines.
     metric_log: LogLimit,
     stats: Arc<Stats>,
 }
 
 impl BatchWriter {
-    pub fn new(settings: WriterSettings, client: Client, stats: Arc<Stats>) -> BatchWriter {
+    pub fn new(
+        settings: WriterSettings,
+        client: Client,
+        dead_letters: DeadLetters,
+        stats: Arc<Stats>,
+    ) -> BatchWriter {
         stats
             .writer
             .capacity
             .store(settings.mailbox_capacity as u64, Ordering::Relaxed);
         BatchWriter {
             buffer: Vec::with_capacity(settings.max_rows),
-            pending: Vec::new(),
+            buffer_offsets: Vec::with_capacity(settings.max_rows),
+            pending: BTreeMap::new(),
+            owned: HashMap::new(),
             oldest: None,
             client: Some(client),
             stored: BTreeMap::new(),
             on_stored: None,
+            dead_letters,
             metric_log: LogLimit::new("[METRIC] lines", settings.metric_log_per_sec),
             settings,
             stats,
@@ -96,35 +173,46 @@ impl BatchWriter {
 
     /// Takes the batch and stores it; the actor waits for it (see the module comment).
     fn flush(&mut self, trigger: Trigger) -> impl ActorFuture<Self, Output = ()> + 'static {
-        let rows = std::mem::take(&mut self.buffer);
-        let offsets = std::mem::take(&mut self.pending);
+        let advances = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|(partition, next)| {
+                let expected = *self.owned.get(&partition)?;
+                (expected.is_none_or(|e| next > e)).then_some(OffsetAdvance {
+                    partition,
+                    expected,
+                    next,
+                })
+            })
+            .collect();
+        let batch = Batch {
+            rows: std::mem::take(&mut self.buffer),
+            offsets: std::mem::take(&mut self.buffer_offsets),
+            advances,
+        };
         self.oldest = None;
         self.buffer.reserve(self.settings.max_rows);
+        self.buffer_offsets.reserve(self.settings.max_rows);
         let client = self.client.take();
         let url = self.settings.database_url.clone();
         let scope = self.settings.scope.clone();
         let stats = self.stats.clone();
+        let dead_letters = self.dead_letters.clone();
         async move {
             let started = Instant::now();
-            let (client, rejected) = store(client, &url, &scope, &stats, &rows, &offsets).await;
-            (client, rows, rejected, offsets, started.elapsed())
+            let mut batch = batch;
+            let (client, rejected) =
+                store(client, &url, &scope, &stats, &dead_letters, &mut batch).await;
+            (client, batch, rejected, started.elapsed())
         }
         .into_actor(self)
-        .map(move |(client, rows, rejected, offsets, took), act, _ctx| {
+        .map(move |(client, batch, rejected, took), act, _ctx| {
             act.client = client;
-            act.finish_flush(&rows, &rejected, offsets, took, trigger);
+            act.finish_flush(batch, &rejected, took, trigger);
         })
     }
 
-    fn finish_flush(
-        &mut self,
-        rows: &[ValidMetric],
-        rejected: &[usize],
-        offsets: Vec<(i32, i64)>,
-        took: Duration,
-        trigger: Trigger,
-    ) {
-        let stored_rows = rows.len() - rejected.len();
+    fn finish_flush(&mut self, batch: Batch, rejected: &[usize], took: Duration, trigger: Trigger) {
+        let stored_rows = batch.rows.len() - rejected.len();
         let stats = &self.stats;
         stats
             .rows_written
@@ -146,7 +234,7 @@ impl BatchWriter {
                 trigger,
             });
         }
-        for (index, row) in rows.iter().enumerate() {
+        for (index, row) in batch.rows.iter().enumerate() {
             if rejected.contains(&index) || !self.metric_log.allow() {
                 continue;
             }
@@ -159,39 +247,54 @@ impl BatchWriter {
                 row.time().to_rfc3339_opts(SecondsFormat::Millis, true)
             );
         }
-        for (partition, next) in &offsets {
-            self.stored.insert(*partition, *next);
+        let mut committed = Vec::with_capacity(batch.advances.len());
+        for advance in &batch.advances {
+            // A partition revoked during the flush is no longer ours to track.
+            if let Some(expected) = self.owned.get_mut(&advance.partition) {
+                *expected = Some(advance.next);
+            }
+            self.stored.insert(advance.partition, advance.next);
+            committed.push((advance.partition, advance.next));
         }
-        if let Some(recipient) = self.on_stored.as_ref().filter(|_| !offsets.is_empty()) {
+        if let Some(recipient) = self.on_stored.as_ref().filter(|_| !committed.is_empty()) {
             // Flushes are few a second; the consumer only hands the offsets to librdkafka,
             // so this mailbox never grows.
             self.stats.consumer.enqueued.fetch_add(1, Ordering::Relaxed);
-            recipient.do_send(OffsetsStored(offsets));
+            recipient.do_send(OffsetsStored(committed));
         }
     }
 }
 
-/// Stores the rows and offsets, retrying transient failures until they succeed. A row the
-/// database refuses is isolated by splitting the batch, logged whole, and skipped, so one
-/// bad row never blocks its batch. Answers with the connection and the refused rows' indexes.
+/// Stores the batch, retrying transient failures until they succeed. A fenced write (the
+/// stored offset moved under this writer) is retried without what is already stored. A row
+/// the database refuses is isolated by splitting the batch, dead-lettered with the database's
+/// error, and skipped, so one bad row never blocks its batch. Answers with the connection and
+/// the refused rows' indexes.
 async fn store(
     mut client: Option<Client>,
     url: &str,
     scope: &OffsetScope,
     stats: &Stats,
-    rows: &[ValidMetric],
-    offsets: &[(i32, i64)],
+    dead_letters: &DeadLetters,
+    batch: &mut Batch,
 ) -> (Option<Client>, Vec<usize>) {
     let mut rejected = Vec::new();
-    let mut ranges = vec![(0, rows.len())];
+    let mut ranges = vec![(0, batch.rows.len())];
     let mut backoff = Backoff::default();
     while let Some((start, end)) = ranges.pop() {
-        // The offsets travel with the last rows, so they are stored only after every row.
-        let covered = if end == rows.len() { offsets } else { &[] };
         loop {
+            // The offsets travel with the last rows, so they are stored only after every row.
+            let advances = if end == batch.rows.len() {
+                batch.advances.as_slice()
+            } else {
+                &[]
+            };
+            if start == end && advances.is_empty() {
+                break;
+            }
             let conn = match client.as_mut() {
                 Some(conn) => conn,
-                None => match db::connect(url).await {
+                None => match db::connect_writer(url).await {
                     Ok(conn) => client.insert(conn),
                     Err(e) => {
                         backoff.wait(stats, &e.to_string()).await;
@@ -199,13 +302,32 @@ async fn store(
                     }
                 },
             };
-            match db::write_batch(conn, &rows[start..end], scope, covered).await {
-                Ok(()) => {
+            match db::write_batch(conn, &batch.rows[start..end], scope, advances).await {
+                Ok(WriteOutcome::Stored { inserted }) => {
                     if backoff.failures > 0 {
                         log::info!("database reachable again; writing resumed");
                     }
+                    let skipped = (end - start) as u64 - inserted;
+                    stats
+                        .duplicates_skipped
+                        .fetch_add(skipped, Ordering::Relaxed);
                     stats.set_database_error(None);
                     backoff = Backoff::default();
+                    break;
+                }
+                Ok(WriteOutcome::Fenced { partition, stored }) => {
+                    log::warn!(
+                        "partition {partition} was stored up to {stored:?} by another writer; \
+                         dropping what it covers and retrying"
+                    );
+                    let before = batch.rows.len();
+                    batch.refence(partition, stored);
+                    stats
+                        .stale_rows_dropped
+                        .fetch_add((before - batch.rows.len()) as u64, Ordering::Relaxed);
+                    // Indexes moved: start over on what is left, keeping what was refused out.
+                    ranges = vec![(0, batch.rows.len())];
+                    rejected.clear();
                     break;
                 }
                 Err(e) if e.is_transient() => {
@@ -226,16 +348,33 @@ async fn store(
                 }
                 Err(e) if end - start == 1 => {
                     stats.writer.errors.fetch_add(1, Ordering::Relaxed);
-                    log::error!("database refused a row, skipped: {:?}: {e}", rows[start]);
+                    let row = &batch.rows[start];
+                    let (partition, offset) = batch.offsets[start];
+                    log::error!(
+                        "database refused a row, dead-lettered: partition={partition} offset={offset} {row:?}: {e}"
+                    );
+                    let payload = serde_json::to_vec(&row.to_wire()).unwrap_or_default();
+                    let detail = e.to_string();
+                    dead_letters
+                        .send_all(&[DeadLetter {
+                            key: Some(row.pod_name().as_bytes()),
+                            payload: &payload,
+                            reason: "database_rejected",
+                            detail: &detail,
+                            partition,
+                            offset,
+                        }])
+                        .await;
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     rejected.push(start);
-                    if !covered.is_empty() {
+                    if !advances.is_empty() {
                         ranges.push((end, end));
                     }
                     break;
                 }
                 Err(e) => {
                     stats.writer.errors.fetch_add(1, Ordering::Relaxed);
-                    log::error!("database refused to store offsets {covered:?}: {e}");
+                    log::error!("database refused to store offsets {advances:?}: {e}");
                     break;
                 }
             }
@@ -298,14 +437,30 @@ impl Handler<ValidChunk> for BatchWriter {
             .writer
             .records
             .fetch_add(chunk.metrics.len() as u64, Ordering::Relaxed);
-        self.buffer.extend(chunk.metrics);
-        for (partition, next) in chunk.next_offsets {
-            match self.pending.iter_mut().find(|(p, _)| *p == partition) {
-                Some(entry) => entry.1 = entry.1.max(next),
-                None => self.pending.push((partition, next)),
+        let mut dropped = 0u64;
+        for (metric, (partition, offset)) in chunk.metrics.into_iter().zip(chunk.offsets) {
+            // Only rows of owned partitions at or past the stored offset are new.
+            let wanted =
+                matches!(self.owned.get(&partition), Some(e) if e.is_none_or(|e| offset >= e));
+            if wanted {
+                self.buffer.push(metric);
+                self.buffer_offsets.push((partition, offset));
+            } else {
+                dropped += 1;
             }
         }
-        self.oldest.get_or_insert_with(Instant::now);
+        stats
+            .stale_rows_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        for (partition, next) in chunk.next_offsets {
+            if self.owned.contains_key(&partition) {
+                let entry = self.pending.entry(partition).or_insert(next);
+                *entry = (*entry).max(next);
+            }
+        }
+        if !self.pending.is_empty() {
+            self.oldest.get_or_insert_with(Instant::now);
+        }
         stats
             .rows_buffered
             .store(self.buffer.len() as u64, Ordering::Relaxed);
@@ -319,6 +474,47 @@ impl Handler<ValidChunk> for BatchWriter {
             stats.writer.handled.fetch_add(1, Ordering::Relaxed);
             AtomicResponse::new(Box::pin(fut::ready(())))
         }
+    }
+}
+
+impl Handler<Assigned> for BatchWriter {
+    type Result = ();
+
+    fn handle(&mut self, Assigned(partitions): Assigned, _ctx: &mut Self::Context) {
+        for (partition, stored) in partitions {
+            self.owned.insert(partition, stored);
+            if let Some(next) = stored {
+                self.stored.insert(partition, next);
+            }
+        }
+    }
+}
+
+impl Handler<Revoked> for BatchWriter {
+    type Result = ();
+
+    fn handle(&mut self, Revoked(partitions): Revoked, _ctx: &mut Self::Context) {
+        let before = self.buffer.len();
+        retain_rows(&mut self.buffer, &mut self.buffer_offsets, |p, _| {
+            !partitions.contains(&p)
+        });
+        for partition in &partitions {
+            self.owned.remove(partition);
+            self.pending.remove(partition);
+            self.stored.remove(partition);
+        }
+        let dropped = before - self.buffer.len();
+        if dropped > 0 {
+            log::info!(
+                "partitions {partitions:?} revoked: {dropped} buffered rows left to their new owner"
+            );
+        }
+        self.stats
+            .stale_rows_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.stats
+            .rows_buffered
+            .store(self.buffer.len() as u64, Ordering::Relaxed);
     }
 }
 

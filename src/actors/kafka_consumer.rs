@@ -8,8 +8,8 @@
 //! The read task runs beside the actor rather than inside it because awaiting the next
 //! record inside the actor would keep it from handling commits.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -17,18 +17,21 @@ use futures_util::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::batch_writer::OffsetsStored;
+use crate::actors::batch_writer::{Assigned, BatchWriter, OffsetsStored, Revoked};
 use crate::actors::validator::{Drain, RawChunk, Validator};
 use crate::config::Settings;
+use crate::db::{self, OffsetScope};
 use crate::log_limit::LogLimit;
 use crate::stats::{PartitionReport, Stats};
 
@@ -38,6 +41,9 @@ pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Stop;
+
+/// How long the consumer waits on a full validator mailbox before it pauses its partitions.
+const PAUSE_AFTER: Duration = Duration::from_millis(100);
 
 /// Consumer settings Panopticon starts from; `KAFKA_CONSUMER_CONFIG` overrides any of them.
 /// librdkafka's own defaults wait up to 500 ms per fetch and back off a full second when its
@@ -52,6 +58,9 @@ const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("topic.metadata.refresh.interval.ms", "10000"),
     ("statistics.interval.ms", "5000"),
     ("session.timeout.ms", "30000"),
+    // Incremental rebalances: a member joining or leaving moves only the partitions that
+    // change hands, and the others keep flowing.
+    ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
 /// Builds the consumer from the settings; a bad property is a configuration error.
@@ -72,7 +81,9 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
         stats,
         group: settings.kafka_group_id.clone(),
         topic: settings.kafka_topic.clone(),
+        database_url: settings.database_url.clone(),
         joined: AtomicBool::new(false),
+        writer: OnceLock::new(),
     };
     config.create_with_context(events)
 }
@@ -82,8 +93,53 @@ pub struct ConsumerEvents {
     stats: Arc<Stats>,
     group: String,
     topic: String,
+    /// Where the stored offsets are read on assignment.
+    database_url: String,
     /// Whether "Kafka consumer connected" was logged already.
     joined: AtomicBool,
+    /// Told of assignments and revocations; set once the writer is started.
+    writer: OnceLock<Addr<BatchWriter>>,
+}
+
+impl ConsumerEvents {
+    /// Connects the rebalance callback to the writer; partitions are only assigned after.
+    pub fn set_writer(&self, writer: Addr<BatchWriter>) {
+        let _ = self.writer.set(writer);
+    }
+
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// The database's stored offsets for newly assigned partitions: consumption resumes there,
+    /// whatever Kafka's committed offsets say. Unreadable offsets fall back to Kafka's; the
+    /// writer's fenced offset update then finds the truth before anything is stored.
+    fn assign_from_database(&self, list: &mut TopicPartitionList) -> Vec<(i32, Option<i64>)> {
+        let partitions = self.partitions(list);
+        let scope = OffsetScope {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+        };
+        let stored = match db::stored_offsets_blocking(&self.database_url, &scope, &partitions) {
+            Ok(stored) => stored,
+            Err(e) => {
+                log::warn!(
+                    "stored offsets of partitions {partitions:?} unreadable ({e}); starting from Kafka's committed offsets"
+                );
+                partitions.iter().map(|p| (*p, None)).collect()
+            }
+        };
+        for (partition, next) in stored.iter().filter_map(|(p, n)| Some((p, (*n)?))) {
+            if let Err(e) = list.set_partition_offset(&self.topic, *partition, Offset::Offset(next))
+            {
+                log::warn!("cannot seek partition {partition} to {next}: {e}");
+            }
+        }
+        stored
+    }
 }
 
 impl ClientContext for ConsumerEvents {
@@ -125,6 +181,55 @@ impl ClientContext for ConsumerEvents {
 }
 
 impl ConsumerContext for ConsumerEvents {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let stored = self.assign_from_database(list);
+                // Before any record of these partitions can reach the writer.
+                if let Some(writer) = self.writer.get() {
+                    writer.do_send(Assigned(stored));
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(list)
+                } else {
+                    consumer.assign(list)
+                };
+                if let Err(e) = result {
+                    log::error!("assigning partitions failed: {e}");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(list));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Some(writer) = self.writer.get() {
+                    writer.do_send(Revoked(self.partitions(list)));
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    log::error!("revoking partitions failed: {e}");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(list));
+            }
+            other => {
+                let code: rdkafka::error::RDKafkaErrorCode = other.into();
+                let _ = consumer.unassign();
+                self.post_rebalance(consumer, &Rebalance::Error(KafkaError::Rebalance(code)));
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
@@ -310,6 +415,7 @@ impl Reader {
                     Ok(message) => chunk.push(
                         message.partition(),
                         message.offset(),
+                        message.key(),
                         message.payload().unwrap_or_default(),
                     ),
                     Err(e) => {
@@ -358,13 +464,20 @@ impl Reader {
             Err(SendError::Full(chunk)) => chunk,
             Err(SendError::Closed(_)) => return false,
         };
+        // A full mailbox for a moment is normal under load: wait a little before pausing, since
+        // librdkafka drops its prefetched records on pause and fetches them again on resume.
+        let send = self.validator.send(chunk);
+        tokio::pin!(send);
+        if let Ok(result) = tokio::time::timeout(PAUSE_AFTER, &mut send).await {
+            return result.is_ok();
+        }
         let assignment = self.consumer.assignment().unwrap_or_default();
         if let Err(e) = self.consumer.pause(&assignment) {
             log::debug!("pausing partitions failed: {e}");
         }
         self.stats.consumer_paused.store(true, Ordering::Relaxed);
         log::debug!("validator mailbox full; partitions paused");
-        let sent = self.validator.send(chunk).await.is_ok();
+        let sent = send.await.is_ok();
         let assignment = self.consumer.assignment().unwrap_or_default();
         if let Err(e) = self.consumer.resume(&assignment) {
             log::debug!("resuming partitions failed: {e}");

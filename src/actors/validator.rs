@@ -1,9 +1,10 @@
 //! The validator actor.
 //!
 //! Accepts [`RawChunk`] from the consumer and [`Drain`] at shutdown. Parses and checks every
-//! record of a chunk, logs and counts each rejected one, and sends the valid metrics with the
-//! offsets the chunk covers as one [`ValidChunk`] to the [`BatchWriter`]. It owns no data
-//! between chunks: the next chunk is taken only once this one is in the writer's mailbox.
+//! record of a chunk, logs, counts and dead-letters each rejected one, and, once the broker has
+//! acknowledged the dead letters, sends the valid metrics with the offsets the chunk covers as
+//! one [`ValidChunk`] to the [`BatchWriter`]. It owns no data between chunks: the next chunk
+//! is taken only once this one is in the writer's mailbox.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use crate::actors::batch_writer::{BatchWriter, Flush, ValidChunk};
-use crate::domain::{Rules, ValidMetric};
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::domain::{Rejection, Rules, ValidMetric};
 use crate::log_limit::LogLimit;
 use crate::stats::{Stats, Trigger};
 
@@ -21,6 +23,8 @@ use crate::stats::{Stats, Trigger};
 pub struct RawRecord {
     pub partition: i32,
     pub offset: i64,
+    /// Range of the record's key in [`RawChunk::payloads`], if it has one.
+    pub key: Option<(usize, usize)>,
     /// Range of the record's payload in [`RawChunk::payloads`].
     pub start: usize,
     pub end: usize,
@@ -36,15 +40,29 @@ pub struct RawChunk {
 }
 
 impl RawChunk {
-    pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        let key = key.map(|key| {
+            let start = self.payloads.len();
+            self.payloads.extend_from_slice(key);
+            (start, self.payloads.len())
+        });
         let start = self.payloads.len();
         self.payloads.extend_from_slice(payload);
         self.records.push(RawRecord {
             partition,
             offset,
+            key,
             start,
             end: self.payloads.len(),
         });
+    }
+
+    fn payload(&self, record: &RawRecord) -> &[u8] {
+        &self.payloads[record.start..record.end]
+    }
+
+    fn key(&self, record: &RawRecord) -> Option<&[u8]> {
+        record.key.map(|(start, end)| &self.payloads[start..end])
     }
 
     pub fn len(&self) -> usize {
@@ -66,6 +84,8 @@ pub struct Validator {
     rules: Rules,
     /// Where valid metrics go.
     writer: Addr<BatchWriter>,
+    /// Where rejected records go before their offsets may be stored.
+    dead_letters: DeadLetters,
     /// Shared counters for `/status`.
     stats: Arc<Stats>,
     /// Keeps a flood of bad messages from flooding the log.
@@ -77,6 +97,7 @@ impl Validator {
     pub fn new(
         rules: Rules,
         writer: Addr<BatchWriter>,
+        dead_letters: DeadLetters,
         stats: Arc<Stats>,
         mailbox_capacity: usize,
         log_per_sec: u32,
@@ -88,20 +109,26 @@ impl Validator {
         Validator {
             rules,
             writer,
+            dead_letters,
             stats,
             rejection_log: LogLimit::new("invalid-message warnings", log_per_sec),
             mailbox_capacity,
         }
     }
 
-    fn validate(&mut self, chunk: &RawChunk) -> ValidChunk {
+    /// Splits a chunk into the valid metrics and the rejections (record index, why).
+    fn validate(&mut self, chunk: &RawChunk) -> (ValidChunk, Vec<(usize, Rejection)>) {
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = Vec::with_capacity(chunk.len());
+        let mut offsets = Vec::with_capacity(chunk.len());
+        let mut rejected = Vec::new();
         let mut next_offsets: Vec<(i32, i64)> = Vec::new();
-        for record in &chunk.records {
-            let payload = &chunk.payloads[record.start..record.end];
-            match ValidMetric::parse(payload, &self.rules, now_ms) {
-                Ok(metric) => metrics.push(metric),
+        for (index, record) in chunk.records.iter().enumerate() {
+            match ValidMetric::parse(chunk.payload(record), &self.rules, now_ms) {
+                Ok(metric) => {
+                    metrics.push(metric);
+                    offsets.push((record.partition, record.offset));
+                }
                 Err(rejection) => {
                     self.stats.count_rejection(rejection.reason);
                     if self.rejection_log.allow() {
@@ -113,6 +140,7 @@ impl Validator {
                             rejection.detail.escape_debug()
                         );
                     }
+                    rejected.push((index, rejection));
                 }
             }
             match next_offsets
@@ -123,10 +151,12 @@ impl Validator {
                 None => next_offsets.push((record.partition, record.offset + 1)),
             }
         }
-        ValidChunk {
+        let valid = ValidChunk {
             metrics,
+            offsets,
             next_offsets,
-        }
+        };
+        (valid, rejected)
     }
 }
 
@@ -142,18 +172,39 @@ impl Handler<RawChunk> for Validator {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, chunk: RawChunk, _ctx: &mut Self::Context) -> Self::Result {
-        let valid = self.validate(&chunk);
+        let (valid, rejected) = self.validate(&chunk);
         self.stats
             .validator
             .records
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        drop(chunk);
         let writer = self.writer.clone();
+        let dead_letters = self.dead_letters.clone();
         let stats = self.stats.clone();
         // Atomic: the next chunk waits until this one is in the writer's mailbox, which keeps
         // chunks in order and carries the writer's backpressure upstream.
         AtomicResponse::new(Box::pin(
             async move {
+                if !rejected.is_empty() {
+                    let letters: Vec<DeadLetter<'_>> = rejected
+                        .iter()
+                        .map(|(index, rejection)| {
+                            let record = &chunk.records[*index];
+                            DeadLetter {
+                                key: chunk.key(record),
+                                payload: chunk.payload(record),
+                                reason: rejection.reason.as_str(),
+                                detail: &rejection.detail,
+                                partition: record.partition,
+                                offset: record.offset,
+                            }
+                        })
+                        .collect();
+                    dead_letters.send_all(&letters).await;
+                    stats
+                        .dead_lettered
+                        .fetch_add(letters.len() as u64, Ordering::Relaxed);
+                }
+                drop(chunk);
                 stats.writer.enqueued.fetch_add(1, Ordering::Relaxed);
                 if writer.send(valid).await.is_err() {
                     log::error!("batch writer stopped; chunk not stored and not acknowledged");

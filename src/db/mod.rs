@@ -37,8 +37,10 @@ pub enum DbError {
     },
     #[error("migrations failed on {url}: {message}")]
     Migrate { url: String, message: String },
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl DbError {
@@ -47,6 +49,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::BadUrl(_) => false,
+            DbError::Internal(_) => true,
             DbError::Connect { .. } | DbError::Migrate { .. } => true,
             DbError::Query(e) => is_transient(e),
         }
@@ -65,6 +68,25 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
             let class = &code.code()[..2];
             matches!(class, "08" | "53" | "57" | "58" | "40")
         }
+    }
+}
+
+/// The server's own message where there is one ("db error" says nothing).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            text
+        }
+        None => error.to_string(),
     }
 }
 
@@ -184,7 +206,40 @@ pub struct OffsetScope {
     pub topic: String,
 }
 
-const COPY_STATEMENT: &str = "COPY system_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
+/// Moves a partition's stored offset from `expected` (`None`: no row yet) to `next`. The move
+/// only happens if the stored offset is still `expected`: a writer that lost the partition to
+/// another instance cannot overwrite what that instance stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetAdvance {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub next: i64,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed; `inserted` rows were new, the rest were already stored.
+    Stored { inserted: u64 },
+    /// Nothing committed: the stored offset of `partition` was not the expected one but
+    /// `stored`.
+    Fenced { partition: i32, stored: Option<i64> },
+}
+
+const STAGING_TABLE: &str = "CREATE TEMP TABLE incoming_metrics
+    (LIKE system_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
+
+/// Opens the batch writer's connection, with its session-local staging table.
+pub async fn connect_writer(url: &str) -> Result<Client, DbError> {
+    let client = connect(url).await?;
+    client.batch_execute(STAGING_TABLE).await?;
+    Ok(client)
+}
+const COPY_STATEMENT: &str = "COPY incoming_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
+const MERGE_STATEMENT: &str =
+    "INSERT INTO system_metrics (time, service, pod_name, cpu, memory, namespace, node_name)
+    SELECT time, service, pod_name, cpu, memory, namespace, node_name FROM incoming_metrics
+    ON CONFLICT (namespace, pod_name, service, time) DO NOTHING";
 const COPY_TYPES: [Type; 7] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
@@ -195,15 +250,18 @@ const COPY_TYPES: [Type; 7] = [
     Type::TEXT,
 ];
 
-/// Stores `rows` and advances each partition's stored offset to `next_offsets`, in one
-/// transaction: either all of it is committed or none.
+/// Stores `rows` and advances the partitions' stored offsets, in one transaction: either all
+/// of it is committed or none. Rows go by binary COPY into the session-local staging table
+/// (`client` must come from [`connect_writer`]), then into `system_metrics` skipping any
+/// already stored, since COPY itself cannot skip conflicts.
 pub async fn write_batch(
     client: &mut Client,
     rows: &[ValidMetric],
     scope: &OffsetScope,
-    next_offsets: &[(i32, i64)],
-) -> Result<(), DbError> {
+    advances: &[OffsetAdvance],
+) -> Result<WriteOutcome, DbError> {
     let tx = client.transaction().await?;
+    let mut inserted = 0;
     if !rows.is_empty() {
         let sink = tx.copy_in(COPY_STATEMENT).await?;
         let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
@@ -222,19 +280,80 @@ pub async fn write_batch(
             writer.as_mut().write(&values).await?;
         }
         writer.finish().await?;
+        inserted = tx.execute(MERGE_STATEMENT, &[]).await?;
     }
-    if !next_offsets.is_empty() {
-        let partitions: Vec<i32> = next_offsets.iter().map(|(p, _)| *p).collect();
-        let offsets: Vec<i64> = next_offsets.iter().map(|(_, o)| *o).collect();
-        tx.execute(
-            "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
-             SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS t(p, o)
-             ON CONFLICT (consumer_group, topic, partition)
-             DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-            &[&scope.group, &scope.topic, &partitions, &offsets],
-        )
-        .await?;
+    for advance in advances {
+        let moved = match advance.expected {
+            Some(expected) => {
+                tx.execute(
+                    "UPDATE kafka_offsets SET next_offset = $4, updated_at = now()
+                     WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
+                    &[&scope.group, &scope.topic, &advance.partition, &advance.next, &expected],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&scope.group, &scope.topic, &advance.partition, &advance.next],
+                )
+                .await?
+            }
+        };
+        if moved != 1 {
+            let stored = stored_offset(&tx, scope, advance.partition).await?;
+            tx.rollback().await?;
+            return Ok(WriteOutcome::Fenced {
+                partition: advance.partition,
+                stored,
+            });
+        }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(WriteOutcome::Stored { inserted })
+}
+
+async fn stored_offset(
+    client: &impl tokio_postgres::GenericClient,
+    scope: &OffsetScope,
+    partition: i32,
+) -> Result<Option<i64>, DbError> {
+    Ok(client
+        .query_opt(
+            "SELECT next_offset FROM kafka_offsets
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+            &[&scope.group, &scope.topic, &partition],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// The stored next offsets of `partitions` (`None`: nothing stored yet), read on a connection
+/// of its own. Runs on a thread of its own so it can be called from librdkafka's rebalance
+/// callback, which must not return before the offsets are known.
+pub fn stored_offsets_blocking(
+    url: &str,
+    scope: &OffsetScope,
+    partitions: &[i32],
+) -> Result<Vec<(i32, Option<i64>)>, DbError> {
+    let url = url.to_owned();
+    let scope = scope.clone();
+    let partitions = partitions.to_vec();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DbError::Internal(e.to_string()))?;
+        runtime.block_on(async {
+            let client = connect(&url).await?;
+            let mut offsets = Vec::with_capacity(partitions.len());
+            for partition in partitions {
+                offsets.push((partition, stored_offset(&client, &scope, partition).await?));
+            }
+            Ok(offsets)
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err(DbError::Internal("offset lookup thread died".into())))
 }

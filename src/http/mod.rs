@@ -134,11 +134,14 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
             "actor": ActorReport::new(&stats.validator, validator_rates),
             "invalid_total": stats.rejected_total(),
             "invalid_by_reason": stats.rejections(),
+            "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
         },
         "writer": {
             "actor": ActorReport::new(&stats.writer, writer_rates),
             "rows_buffered": stats.rows_buffered.load(Ordering::Relaxed),
             "rows_written": stats.rows_written.load(Ordering::Relaxed),
+            "duplicates_skipped": stats.duplicates_skipped.load(Ordering::Relaxed),
+            "stale_rows_dropped": stats.stale_rows_dropped.load(Ordering::Relaxed),
             "last_flush": last_flush,
             "flushes": {
                 "size": stats.flushes_by_size.load(Ordering::Relaxed),

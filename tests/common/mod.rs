@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -105,22 +107,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Creates a topic with [`PARTITIONS`] partitions.
+/// Creates a topic with [`PARTITIONS`] partitions, and its dead-letter topic `<name>.dlq`.
 pub async fn create_topic(name: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for result in results {
-        result.expect("topic created");
+    let dlq = format!("{name}.dlq");
+    // One topic a request: tansu answers only the first topic of a multi-topic request.
+    for (topic, partitions) in [(name, PARTITIONS), (dlq.as_str(), 1)] {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        for result in results {
+            result.expect("topic created");
+        }
     }
 }
 
@@ -176,6 +182,15 @@ impl TestDatabase {
         }
     }
 
+    /// A database on a server of the test's own (created there as `panopticon`); not dropped.
+    pub fn on(url: &str) -> TestDatabase {
+        TestDatabase {
+            name: String::new(),
+            url: url.to_owned(),
+            admin_url: String::new(),
+        }
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
@@ -192,6 +207,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
@@ -234,6 +252,7 @@ pub fn service_env(topic: &str, group: &str, db: &TestDatabase) -> HashMap<Strin
     HashMap::from([
         ("KAFKA_BROKERS".into(), broker().to_owned()),
         ("KAFKA_TOPIC".into(), topic.to_owned()),
+        ("KAFKA_DLQ_TOPIC".into(), format!("{topic}.dlq")),
         ("KAFKA_GROUP_ID".into(), group.to_owned()),
         ("DATABASE_URL".into(), db.url.clone()),
         ("HTTP_PORT".into(), "0".into()),
@@ -408,9 +427,9 @@ impl Drop for TestApp {
     }
 }
 
-/// Polls a count query until it reaches `expected` or a minute passes; returns the last count.
+/// Polls a count query until it reaches `expected` or 90 s pass; returns the last count.
 pub async fn wait_for_count(db: &TestDatabase, sql: &str, expected: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         // Before the service has migrated, the table is not there yet.
         let count = match db.client().await.query_one(sql, &[]).await {
@@ -468,4 +487,45 @@ pub fn guide_message(pod: &str, cpu: f64, memory: f64, timestamp_ms: i64) -> Vec
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Reads every record of a topic from the beginning until `expected` were read or 30 s pass.
+pub async fn consume_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use futures_util::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while messages.len() < expected {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(message))) => messages.push(message.detach()),
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    // Anything beyond `expected` would be a duplicate: give it a moment to show up.
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+    {
+        messages.push(message.detach());
+    }
+    messages
+}
+
+/// A header of a Kafka message, as text.
+pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }

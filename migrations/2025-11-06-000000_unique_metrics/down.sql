@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS system_metrics_identity_idx;
