@@ -1238,7 +1238,9 @@ async fn naive(
     let limit = Duration::from_secs(settings.naive_secs);
     let mut started: Option<Instant> = None;
     let mut stored = 0usize;
-    while stored < settings.naive_max && started.is_none_or(|s| s.elapsed() < limit) {
+    // The topic holds `messages`: stop there at the latest.
+    let most = settings.naive_max.min(settings.messages);
+    while stored < most && started.is_none_or(|s| s.elapsed() < limit) {
         let message = within(Duration::from_secs(60), "naive consumer", consumer.recv()).await??;
         started.get_or_insert_with(Instant::now);
         let metric = ValidMetric::parse(message.payload().unwrap_or_default(), &rules, now_ms())

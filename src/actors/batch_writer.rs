@@ -33,23 +33,41 @@ use crate::stats::{FlushReport, Stats, Trigger};
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ValidChunk {
+    /// The consumer's assignment number when these records were polled.
+    pub epoch: u64,
     pub metrics: Vec<ValidMetric>,
     /// `(partition, offset)` of each metric.
     pub offsets: Vec<(i32, i64)>,
     pub next_offsets: Vec<(i32, i64)>,
 }
 
-/// Partitions assigned to this instance, with the next offsets stored for them (`None`:
-/// nothing stored yet). Sent before any of their records can arrive.
+/// Partitions assigned to this instance by rebalance number `epoch`, with the next offsets
+/// stored for them (`None`: nothing stored yet). Sent before any of their records can arrive.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Assigned(pub Vec<(i32, Option<i64>)>);
+pub struct Assigned {
+    pub epoch: u64,
+    pub partitions: Vec<(i32, Option<i64>)>,
+}
 
-/// Partitions taken from this instance: their buffered rows are dropped; the new owner
-/// consumes them again from the stored offset.
+/// Partitions taken from this instance by rebalance number `epoch`: their buffered rows are
+/// dropped; the new owner consumes them again from the stored offset.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Revoked(pub Vec<i32>);
+pub struct Revoked {
+    pub epoch: u64,
+    pub partitions: Vec<i32>,
+}
+
+/// A partition this instance owns.
+#[derive(Debug, Clone, Copy)]
+struct Ownership {
+    /// The stored next offset the next write moves from.
+    expected: Option<i64>,
+    /// The rebalance that assigned it: records polled before belong to an earlier ownership
+    /// and are fetched again from the stored offset.
+    since: u64,
+}
 
 /// Flush now, whatever the batch holds; answers with every offset stored so far.
 #[derive(Debug, Message)]
@@ -121,8 +139,8 @@ pub struct BatchWriter {
     buffer_offsets: Vec<(i32, i64)>,
     /// Next offsets covered by `buffer`, per partition; stored with it.
     pending: BTreeMap<i32, i64>,
-    /// Partitions this instance owns, with the stored next offset it expects to move from.
-    owned: HashMap<i32, Option<i64>>,
+    /// Partitions this instance owns.
+    owned: HashMap<i32, Ownership>,
     /// When the current batch got its first chunk; the time trigger measures from here.
     oldest: Option<Instant>,
     /// The writer's own connection: COPY needs one that nothing else uses. `None` while a
@@ -176,7 +194,7 @@ impl BatchWriter {
         let advances = std::mem::take(&mut self.pending)
             .into_iter()
             .filter_map(|(partition, next)| {
-                let expected = *self.owned.get(&partition)?;
+                let expected = self.owned.get(&partition)?.expected;
                 (expected.is_none_or(|e| next > e)).then_some(OffsetAdvance {
                     partition,
                     expected,
@@ -250,8 +268,8 @@ impl BatchWriter {
         let mut committed = Vec::with_capacity(batch.advances.len());
         for advance in &batch.advances {
             // A partition revoked during the flush is no longer ours to track.
-            if let Some(expected) = self.owned.get_mut(&advance.partition) {
-                *expected = Some(advance.next);
+            if let Some(owned) = self.owned.get_mut(&advance.partition) {
+                owned.expected = Some(advance.next);
             }
             self.stored.insert(advance.partition, advance.next);
             committed.push((advance.partition, advance.next));
@@ -438,10 +456,15 @@ impl Handler<ValidChunk> for BatchWriter {
             .records
             .fetch_add(chunk.metrics.len() as u64, Ordering::Relaxed);
         let mut dropped = 0u64;
+        let epoch = chunk.epoch;
+        let current = |owned: &HashMap<i32, Ownership>, partition: i32| {
+            owned.get(&partition).filter(|o| epoch >= o.since).copied()
+        };
         for (metric, (partition, offset)) in chunk.metrics.into_iter().zip(chunk.offsets) {
-            // Only rows of owned partitions at or past the stored offset are new.
-            let wanted =
-                matches!(self.owned.get(&partition), Some(e) if e.is_none_or(|e| offset >= e));
+            // Only rows of partitions owned when they were polled, at or past the stored
+            // offset, are new.
+            let wanted = current(&self.owned, partition)
+                .is_some_and(|o| o.expected.is_none_or(|e| offset >= e));
             if wanted {
                 self.buffer.push(metric);
                 self.buffer_offsets.push((partition, offset));
@@ -453,7 +476,7 @@ impl Handler<ValidChunk> for BatchWriter {
             .stale_rows_dropped
             .fetch_add(dropped, Ordering::Relaxed);
         for (partition, next) in chunk.next_offsets {
-            if self.owned.contains_key(&partition) {
+            if current(&self.owned, partition).is_some() {
                 let entry = self.pending.entry(partition).or_insert(next);
                 *entry = (*entry).max(next);
             }
@@ -480,9 +503,20 @@ impl Handler<ValidChunk> for BatchWriter {
 impl Handler<Assigned> for BatchWriter {
     type Result = ();
 
-    fn handle(&mut self, Assigned(partitions): Assigned, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Assigned { epoch, partitions }: Assigned, _ctx: &mut Self::Context) {
         for (partition, stored) in partitions {
-            self.owned.insert(partition, stored);
+            // Rows of an earlier ownership still buffered are fetched again from `stored`.
+            self.pending.remove(&partition);
+            retain_rows(&mut self.buffer, &mut self.buffer_offsets, |p, _| {
+                p != partition
+            });
+            self.owned.insert(
+                partition,
+                Ownership {
+                    expected: stored,
+                    since: epoch,
+                },
+            );
             if let Some(next) = stored {
                 self.stored.insert(partition, next);
             }
@@ -493,7 +527,7 @@ impl Handler<Assigned> for BatchWriter {
 impl Handler<Revoked> for BatchWriter {
     type Result = ();
 
-    fn handle(&mut self, Revoked(partitions): Revoked, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Revoked { partitions, .. }: Revoked, _ctx: &mut Self::Context) {
         let before = self.buffer.len();
         retain_rows(&mut self.buffer, &mut self.buffer_offsets, |p, _| {
             !partitions.contains(&p)

@@ -8,7 +8,7 @@
 //! The read task runs beside the actor rather than inside it because awaiting the next
 //! record inside the actor would keep it from handling commits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -84,6 +84,7 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
         database_url: settings.database_url.clone(),
         joined: AtomicBool::new(false),
         writer: OnceLock::new(),
+        epoch: AtomicU64::new(0),
     };
     config.create_with_context(events)
 }
@@ -99,9 +100,18 @@ pub struct ConsumerEvents {
     joined: AtomicBool,
     /// Told of assignments and revocations; set once the writer is started.
     writer: OnceLock<Addr<BatchWriter>>,
+    /// Counts rebalances. Chunks carry the count of the assignment their records were
+    /// polled under, so the writer can tell records of a partition's earlier ownership from
+    /// records fetched again after it was assigned anew.
+    epoch: AtomicU64,
 }
 
 impl ConsumerEvents {
+    /// The current assignment's number.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// Connects the rebalance callback to the writer; partitions are only assigned after.
     pub fn set_writer(&self, writer: Addr<BatchWriter>) {
         let _ = self.writer.set(writer);
@@ -191,12 +201,16 @@ impl ConsumerContext for ConsumerEvents {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let stored = self.assign_from_database(list);
                 // Before any record of these partitions can reach the writer.
                 if let Some(writer) = self.writer.get() {
-                    writer.do_send(Assigned(stored));
+                    writer.do_send(Assigned {
+                        epoch,
+                        partitions: stored,
+                    });
                 }
                 let result = if cooperative {
                     consumer.incremental_assign(list)
@@ -210,7 +224,10 @@ impl ConsumerContext for ConsumerEvents {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if let Some(writer) = self.writer.get() {
-                    writer.do_send(Revoked(self.partitions(list)));
+                    writer.do_send(Revoked {
+                        epoch,
+                        partitions: self.partitions(list),
+                    });
                 }
                 let result = if cooperative {
                     consumer.incremental_unassign(list)
@@ -400,40 +417,72 @@ impl Reader {
     async fn run(self) -> Vec<(i32, i64)> {
         let mut errors = LogLimit::new("Kafka consumer errors", 1);
         let mut stream = self.consumer.stream();
+        let epoch = || self.consumer.context().epoch();
+        // A chunk begun with a record polled after a rebalance, waiting for the next round.
+        let mut carried: Option<RawChunk> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => break,
-                next = stream.next() => next,
+            let mut chunk = match carried.take() {
+                Some(chunk) => chunk,
+                None => {
+                    let first = tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => break,
+                        next = stream.next() => next,
+                    };
+                    // Read after the poll: a rebalance runs inside it, before its record.
+                    let mut chunk = RawChunk::new(epoch());
+                    match first {
+                        Some(Ok(message)) => chunk.push(
+                            message.partition(),
+                            message.offset(),
+                            message.key(),
+                            message.payload().unwrap_or_default(),
+                        ),
+                        Some(Err(e)) => {
+                            self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
+                            if errors.allow() {
+                                log::warn!("Kafka consumer error: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        None => continue,
+                    }
+                    chunk
+                }
             };
-            let mut chunk = RawChunk::default();
-            let mut next = first;
             // Take what is already fetched, up to a chunk, without waiting for more: under
             // load chunks fill up, when idle a record goes on at once.
-            while let Some(item) = next {
-                match item {
-                    Ok(message) => chunk.push(
-                        message.partition(),
-                        message.offset(),
-                        message.key(),
-                        message.payload().unwrap_or_default(),
-                    ),
-                    Err(e) => {
+            while chunk.len() < self.chunk_max {
+                match stream.next().now_or_never().flatten() {
+                    Some(Ok(message)) => {
+                        let now = epoch();
+                        let target = if now == chunk.epoch {
+                            &mut chunk
+                        } else {
+                            // The assignment changed inside this poll: the record belongs to
+                            // the new one, and so does the chunk it starts.
+                            carried.insert(RawChunk::new(now))
+                        };
+                        target.push(
+                            message.partition(),
+                            message.offset(),
+                            message.key(),
+                            message.payload().unwrap_or_default(),
+                        );
+                        if carried.is_some() {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
                         self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
                         if errors.allow() {
-                            log::warn!("Kafka consumer error (brokers {}): {e}", "configured");
+                            log::warn!("Kafka consumer error: {e}");
                         }
                         break;
                     }
+                    None => break,
                 }
-                if chunk.len() >= self.chunk_max {
-                    break;
-                }
-                next = stream.next().now_or_never().flatten();
-            }
-            if chunk.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
             self.stats
                 .consumer

@@ -35,11 +35,20 @@ pub struct RawRecord {
 #[derive(Debug, Default, Message)]
 #[rtype(result = "()")]
 pub struct RawChunk {
+    /// The consumer's assignment number when these records were polled.
+    pub epoch: u64,
     pub payloads: Vec<u8>,
     pub records: Vec<RawRecord>,
 }
 
 impl RawChunk {
+    pub fn new(epoch: u64) -> RawChunk {
+        RawChunk {
+            epoch,
+            ..RawChunk::default()
+        }
+    }
+
     pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
         let key = key.map(|key| {
             let start = self.payloads.len();
@@ -152,6 +161,7 @@ impl Validator {
             }
         }
         let valid = ValidChunk {
+            epoch: chunk.epoch,
             metrics,
             offsets,
             next_offsets,
