@@ -1,34 +1,47 @@
-//! The whole pipeline, end to end, against a real Kafka-protocol broker (tansu) and
-//! PostgreSQL, with the service binary started exactly as users start it (default settings,
-//! only broker, topic, group, database and HTTP port set), compared in the same run with the
-//! limits on either side of it and with a naive consumer:
+//! The whole pipeline, end to end, against a Kafka-protocol broker (tansu) and PostgreSQL, with
+//! the service binary started as users start it (default settings; only broker, topic, group,
+//! database and HTTP port set), compared in the same run with the limits on either side of it
+//! and with a naive consumer:
 //!
 //! 1. preload: N messages in the seed format (the simulator's pods, one sample per pod per
-//!    second of back-fill), spread evenly over the topic's partitions by a batching producer;
+//!    second of back-fill), pod `i` to partition `i mod P`, by a batching producer;
 //! 2. drain: the service consumes the preloaded topic into a fresh database; rows committed a
-//!    second from the first committed row to the last, its CPU seconds and peak RSS;
-//! 3. references: the write limit (one `COPY` of the same N rows, CSV and binary, into a fresh
-//!    table made by the same migrations), the read limit (an rdkafka consumer that only reads
-//!    the topic and touches each payload) and a naive service (one autocommitted `INSERT` per
-//!    message, for a bounded time);
+//!    second from the first committed row to the last, its CPU seconds and peak RSS, and the
+//!    CPU of PostgreSQL, the broker and everything else meanwhile;
+//! 3. references: the write limit (one `COPY` of the same N rows, CSV and binary, pre-encoded,
+//!    into a fresh table made by the same migrations), the read limit (an rdkafka consumer that
+//!    only reads the topic and touches each payload) and a naive service (one autocommitted
+//!    `INSERT` per message, for a bounded time);
 //! 4. latency: a steady stream into a freshly started service, produce → row visible.
 //!
 //! ```text
-//! cargo bench --bench pipeline
-//! BENCH_MESSAGES=100000 cargo bench --bench pipeline        # a quick run
+//! cargo bench --bench pipeline                               # the defaults, a few minutes
+//! BENCH_MESSAGES=100000 cargo bench --bench pipeline         # a quick run
 //! ```
 //!
-//! Settings (environment): `BENCH_MESSAGES` (1000000), `BENCH_PODS` (500), `BENCH_PARTITIONS`
-//! (3), `BENCH_LATENCY_RATE` (10000 msg/s), `BENCH_LATENCY_SECS` (20), `BENCH_NAIVE_SECS` (20)
-//! and `BENCH_NAIVE_MAX` (50000 messages), `BENCH_JSON` (`target/bench-pipeline.json`),
-//! `BENCH_PRELOAD_BATCH` (10000, messages a produced batch), `BENCH_DATABASE_URL` (`postgres://postgres@127.0.0.1:5432/postgres`, the server on which
-//! the databases are created and dropped), `BENCH_SERVICE_BIN` (default: the `panopticon`
-//! binary cargo builds for this bench), `TANSU` (default `~/.cargo/bin/tansu`, else `tansu` on
-//! the `PATH`), `BENCH_LOG=1` to echo the service's log, `BENCH_SERVICE_ENV` (`KEY=VALUE;…`,
-//! settings given to the service on top of its defaults, for experiments; shown in the table),
-//! `BENCH_DRAIN_ONLY=1` to stop after the drain, `BENCH_PROFILE` (a command run during the
-//! drain, `{pid}` standing for the service's process id, stopped with SIGINT when the last row
-//! is in; e.g. `perf record -g -o target/drain.perf -p {pid}`).
+//! Cargo builds the `panopticon` binary for the bench (release profile). Settings, from the
+//! environment:
+//!
+//! | variable | default | |
+//! | --- | --- | --- |
+//! | `BENCH_MESSAGES` | 1000000 | messages preloaded and drained |
+//! | `BENCH_PODS`, `BENCH_PARTITIONS` | 500, 3 | |
+//! | `BENCH_PRELOAD_BATCH` | 10000 | messages a produced batch in the preload |
+//! | `BENCH_LATENCY_RATE`, `BENCH_LATENCY_SECS` | 10000, 20 | the steady stream |
+//! | `BENCH_NAIVE_SECS`, `BENCH_NAIVE_MAX` | 20, 50000 | the naive service stops at either |
+//! | `BENCH_JSON` | `target/bench-pipeline.json` | the report |
+//! | `BENCH_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | where databases are created and dropped |
+//! | `TANSU` | `~/.cargo/bin/tansu`, else `tansu` | the broker |
+//! | `BENCH_SERVICE_BIN` | the binary cargo built | |
+//! | `BENCH_SERVICE_ENV` | | `KEY=VALUE;…` given to the service on top of its defaults (shown in the report) |
+//! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
+//! | `BENCH_PROFILE` | | a command run during the drain, `{pid}` standing for the service's process id, stopped with SIGINT once the last row is in, e.g. `perf record -g -o target/drain.perf -p {pid}` |
+//! | `BENCH_LOG` | | `1`: echo the service's log |
+//!
+//! The broker must answer a fetch that starts inside a record batch with that batch, as Kafka
+//! does: the service pauses and resumes its partitions under backpressure, and librdkafka
+//! resumes at the position the service has read to, mostly inside a batch. A broker that
+//! answers with the next batch loses the rest of the current one; the bench checks this first.
 //!
 //! How latency is observed: the service stores a batch's rows and each partition's next offset
 //! (`kafka_offsets`) in one transaction, so the message at offset `o` of partition `p` is
@@ -1753,10 +1766,27 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Panopticon pipeline: {n} messages ({payload_mb:.1} MB), {} pods, {} partitions; {cpus} CPUs, PostgreSQL {pg_version} ({}), tansu in memory",
+        "Panopticon pipeline: {n} messages ({payload_mb:.1} MB), {} pods, {} partitions; {cpus} CPUs, load average {load_at_start} at start; PostgreSQL {pg_version} ({}); broker {} (memory storage)",
         settings.pods,
         settings.partitions,
-        drain["storage"].as_str().unwrap_or("?")
+        drain["storage"].as_str().unwrap_or("?"),
+        settings.tansu.display()
+    );
+    let _ = writeln!(
+        out,
+        "service: {} with {}",
+        settings.service_bin.display(),
+        if settings.service_env.is_empty() {
+            "its default settings (only broker, topic, group, database and HTTP port set)"
+                .to_owned()
+        } else {
+            let extra: Vec<String> = settings
+                .service_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("default settings except {}", extra.join(" "))
+        }
     );
     let _ = writeln!(
         out,
@@ -1780,7 +1810,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     row(
         &mut out,
-        "service drain, default settings",
+        if settings.service_env.is_empty() {
+            "service drain, default settings"
+        } else {
+            "service drain, settings above"
+        },
         drain_rate,
         format!("{drain_cpu:.1}"),
         format!("{drain_rss:.1}"),
@@ -1887,6 +1921,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "naive_secs": settings.naive_secs,
             "naive_max": settings.naive_max,
             "service_bin": settings.service_bin.display().to_string(),
+            "service_env": settings.service_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "broker": settings.tansu.display().to_string(),
+            "preload_batch": settings.preload_batch,
         },
         "machine": {
             "cpus": cpus,

@@ -315,6 +315,7 @@ async fn prometheus_and_status_report_the_pipeline() {
         .wait_for_status("rates and lag", |s| {
             s["writer"]["actor"]["rate_1m"].as_f64().unwrap_or(0.0) > 0.0
                 && s["consumer"]["partitions"]["0"]["committed_offset"] == 20
+                && s["validator"]["dead_lettered"] == 1
         })
         .await;
     assert_eq!(status["writer"]["rows_written"], 20);
@@ -350,6 +351,7 @@ async fn prometheus_and_status_report_the_pipeline() {
         "panopticon_partition_committed_offset{partition=\"0\"} 20",
         "panopticon_flushes_total{trigger=\"time\"}",
         "panopticon_database_up 1",
+        "panopticon_dead_letters_total 1",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }

@@ -86,6 +86,16 @@ fn render(stats: &Stats) -> Result<Vec<u8>, prometheus::Error> {
     }
     let rows_written = IntCounter::new("rows_written_total", "Rows committed to the database")?;
     rows_written.inc_by(stats.rows_written.load(Ordering::Relaxed));
+    let dead_lettered = IntCounter::new(
+        "dead_letters_total",
+        "Messages sent to the dead-letter topic and acknowledged",
+    )?;
+    dead_lettered.inc_by(stats.dead_lettered.load(Ordering::Relaxed));
+    let duplicates = IntCounter::new(
+        "duplicates_skipped_total",
+        "Rows not stored because the same metric was stored already",
+    )?;
+    duplicates.inc_by(stats.duplicates_skipped.load(Ordering::Relaxed));
     let rows_buffered = IntGauge::new("rows_buffered", "Rows waiting in the writer's batch")?;
     rows_buffered.set(stats.rows_buffered.load(Ordering::Relaxed) as i64);
     let flushes = IntCounterVec::new(
@@ -156,6 +166,8 @@ fn render(stats: &Stats) -> Result<Vec<u8>, prometheus::Error> {
     registry.register(Box::new(invalid))?;
     registry.register(Box::new(rows_written))?;
     registry.register(Box::new(rows_buffered))?;
+    registry.register(Box::new(dead_lettered))?;
+    registry.register(Box::new(duplicates))?;
     registry.register(Box::new(flushes))?;
     registry.register(Box::new(last_flush))?;
     registry.register(Box::new(committed))?;
