@@ -14,13 +14,9 @@ use crate::domain::WireMetric;
 /// One sample in the wire format.
 pub use crate::domain::WireMetric as Sample;
 
-const SERVICES: &[&str] = &[
-    "log-generator",
-    "api-gateway",
-    "checkout",
-    "payments",
-    "search",
-];
+/// None is `log-generator`, the service of the original test guide's messages, so that the
+/// guide's queries show only its own rows while the simulator runs.
+const SERVICES: &[&str] = &["api-gateway", "checkout", "payments", "search", "frontend"];
 const NAMESPACES: &[&str] = &["default", "shop"];
 const NODES: &[&str] = &["kind-control-plane", "kind-worker", "kind-worker2"];
 
