@@ -287,8 +287,13 @@ async fn a_full_batch_is_flushed_by_size() {
     produce(&producer(), &s.topic, 0, &payloads).await;
 
     let status = app
-        .wait_for_status("25 rows consumed", |s| {
+        .wait_for_status("25 rows consumed and a batch flushed", |s| {
             s["writer"]["actor"]["records"] == 25
+                && s["writer"]["flushes"]["size"].as_u64().unwrap_or(0) >= 1
+                && s["writer"]["actor"]["mailbox_depth"] == 0
+                && s["writer"]["rows_written"].as_u64().unwrap_or(0)
+                    + s["writer"]["rows_buffered"].as_u64().unwrap_or(0)
+                    == 25
         })
         .await;
     // Chunks may carry more than one row, so flushes happen at 10 rows or more, never fewer.
