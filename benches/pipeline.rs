@@ -14,6 +14,9 @@
 //!    `INSERT` per message, for a bounded time);
 //! 4. latency: a steady stream into a freshly started service, produce → row visible.
 //!
+//! Each phase that writes to PostgreSQL starts after a `CHECKPOINT`, so that none pays for the
+//! dirty pages of the one before.
+//!
 //! ```text
 //! cargo bench --bench pipeline                               # the defaults, a few minutes
 //! BENCH_MESSAGES=100000 cargo bench --bench pipeline         # a quick run
@@ -672,6 +675,23 @@ async fn drop_leftover_databases(admin_url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes out what earlier phases left dirty, so that each phase starts from a clean server
+/// rather than paying for the checkpoint its predecessor triggered. Needs a superuser (or
+/// `pg_checkpoint`); without one, phases simply share the server's state.
+async fn checkpoint(admin_url: &str) {
+    let run = async {
+        connect(admin_url)
+            .await?
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    match within(Duration::from_secs(300), "CHECKPOINT", run).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => eprintln!("CHECKPOINT skipped: {e}"),
+    }
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {
@@ -1677,6 +1697,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // 2. The service drains it.
     step("draining with the service (default settings)");
+    checkpoint(&settings.admin_url).await;
     let drain = drain(&settings, &broker, broker_pid, &topic, tck).await?;
     step(&format!("drain: {} rows/s", drain["rows_per_s"]));
     if std::env::var_os("BENCH_DRAIN_ONLY").is_some() {
@@ -1695,8 +1716,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let csv = encode_csv(&rows);
         let binary = encode_binary(&rows);
         drop(rows);
+        checkpoint(&settings.admin_url).await;
         let csv_rate = copy(&client, "csv", &csv, n).await?;
         client.batch_execute("TRUNCATE system_metrics").await?;
+        checkpoint(&settings.admin_url).await;
         let binary_rate = copy(&client, "binary", &binary, n).await?;
         client.batch_execute("TRUNCATE system_metrics").await?;
         (csv_rate, binary_rate)
@@ -1725,6 +1748,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "naive service: one INSERT per message, {} s or {} messages",
         settings.naive_secs, settings.naive_max
     ));
+    checkpoint(&settings.admin_url).await;
     let (naive_rate, naive_rows) = naive(&settings, &broker, &topic, &client).await?;
     step(&format!("naive {naive_rate:.0} rows/s ({naive_rows} rows)"));
     drop(client);
@@ -1735,6 +1759,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "latency: {} msg/s for {} s into a fresh service",
         settings.latency_rate, settings.latency_secs
     ));
+    checkpoint(&settings.admin_url).await;
     let latency = latency(&settings, &broker, broker_pid, tck).await?;
     drop(broker_process);
 
