@@ -402,6 +402,11 @@ impl TestApp {
         assert!(ok, "kill -{signal} failed");
     }
 
+    /// The exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -528,4 +533,17 @@ pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<St
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// Sends a signal (`STOP`, `CONT`) to the tansu broker this test process started.
+pub fn signal_broker(signal: &str) {
+    let address = broker();
+    let pattern = format!("listener-url tcp://{address}");
+    let status = Command::new("pkill")
+        .arg(format!("-{signal}"))
+        .arg("-f")
+        .arg(&pattern)
+        .status()
+        .expect("pkill");
+    assert!(status.success(), "no broker process matches {pattern}");
 }

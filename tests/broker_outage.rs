@@ -1,0 +1,76 @@
+//! A broker that stops answering mid-ingestion (frozen, as behind a network partition) and comes
+//! back: the service keeps running, reconnects and resumes, storing each metric once. In a
+//! file of its own because it freezes the broker its test process shares.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use rdkafka::producer::FutureRecord;
+
+async fn produce_range(topic: &str, from: usize, to: usize, base: i64) {
+    let producer = producer();
+    let payloads: Vec<(i32, Vec<u8>)> = (from..to)
+        .map(|i| {
+            let partition = (i % PARTITIONS as usize) as i32;
+            (
+                partition,
+                guide_message(&format!("pod-{}", i % 300), 1.0, 2.0, base + i as i64),
+            )
+        })
+        .collect();
+    let sends = payloads.iter().map(|(partition, payload)| {
+        producer.send(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(*partition)
+                .payload(payload.as_slice()),
+            Duration::from_secs(120),
+        )
+    });
+    for result in join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_ridden_out_without_loss_or_duplicates() {
+    let topic = unique("metrics");
+    create_topic(&topic).await;
+    let db = TestDatabase::create().await;
+    let mut app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let base = now_ms() - 3_600_000;
+    produce_range(&topic, 0, 3000, base).await;
+    assert_eq!(
+        wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3000).await,
+        3000
+    );
+
+    // Metrics produced while the broker is down arrive once it is back.
+    let late = {
+        let topic = topic.clone();
+        tokio::spawn(async move { produce_range(&topic, 3000, 6000, base).await })
+    };
+    signal_broker("STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let health = reqwest::get(app.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200, "the service runs through the outage");
+    signal_broker("CONT");
+    late.await.unwrap();
+
+    let stored = wait_for_count(&db, "SELECT count(*) FROM system_metrics", 6000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stored, 6000);
+    assert_eq!(db.count("SELECT count(*) FROM system_metrics").await, 6000);
+    assert_eq!(
+        db.count("SELECT sum(next_offset)::int8 FROM kafka_offsets")
+            .await,
+        6000
+    );
+    assert!(
+        app.try_exit().is_none(),
+        "the service is still running: {:#?}",
+        app.lines()
+    );
+}
