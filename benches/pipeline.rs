@@ -1911,6 +1911,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "latency run: service CPU {} s over {} s, peak RSS {} MiB, flushes {}",
         lat_cpu["service_cpu_s"], lat_cpu["wall_s"], latency["peak_rss_mib"], latency["flushes"]
     );
+    let _ = writeln!(
+        out,
+        "rows: drain {} for {n} messages ({} duplicates, {} missing); latency run {} for {} ({} duplicates, {} missing; rows ≠ offsets in {} of {} snapshots)",
+        drain["rows_stored"],
+        drain["duplicate_rows"],
+        drain["missing_rows"],
+        latency["rows_stored"],
+        latency["messages"],
+        latency["duplicate_rows"],
+        latency["missing_rows"],
+        latency["consistency_mismatches"],
+        latency["consistency_checks"]
+    );
     let _ = writeln!(out);
     let _ = writeln!(
         out,

@@ -10,4 +10,4 @@ WHERE a.ctid < b.ctid
   AND a.service = b.service;
 
 CREATE UNIQUE INDEX system_metrics_identity_idx
-    ON system_metrics (namespace, pod_name, service, time);
+    ON system_metrics (pod_name, time, namespace, service);

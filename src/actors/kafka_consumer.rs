@@ -43,7 +43,11 @@ pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
 pub struct Stop;
 
 /// How long the consumer waits on a full validator mailbox before it pauses its partitions.
-const PAUSE_AFTER: Duration = Duration::from_millis(100);
+/// Waiting already stops the reading; memory stays bounded by the mailboxes and librdkafka's
+/// prefetch limit. Pausing also stops the fetching, but librdkafka drops its prefetched
+/// records on pause and the first record after a resume comes about a second later, so it is
+/// kept for a database that is really stalled, not for ordinary load.
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 /// Consumer settings Panopticon starts from; `KAFKA_CONSUMER_CONFIG` overrides any of them.
 /// librdkafka's own defaults wait up to 500 ms per fetch and back off a full second when its
@@ -513,8 +517,7 @@ impl Reader {
             Err(SendError::Full(chunk)) => chunk,
             Err(SendError::Closed(_)) => return false,
         };
-        // A full mailbox for a moment is normal under load: wait a little before pausing, since
-        // librdkafka drops its prefetched records on pause and fetches them again on resume.
+        // A full mailbox for a moment is normal under load (see PAUSE_AFTER).
         let send = self.validator.send(chunk);
         tokio::pin!(send);
         if let Ok(result) = tokio::time::timeout(PAUSE_AFTER, &mut send).await {

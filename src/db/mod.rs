@@ -239,7 +239,7 @@ const COPY_STATEMENT: &str = "COPY incoming_metrics (time, service, pod_name, cp
 const MERGE_STATEMENT: &str =
     "INSERT INTO system_metrics (time, service, pod_name, cpu, memory, namespace, node_name)
     SELECT time, service, pod_name, cpu, memory, namespace, node_name FROM incoming_metrics
-    ON CONFLICT (namespace, pod_name, service, time) DO NOTHING";
+    ON CONFLICT (pod_name, time, namespace, service) DO NOTHING";
 const COPY_TYPES: [Type; 7] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
