@@ -11,6 +11,7 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
@@ -235,6 +236,7 @@ pub async fn connect_writer(url: &str) -> Result<Client, DbError> {
     client.batch_execute(STAGING_TABLE).await?;
     Ok(client)
 }
+const DIRECT_COPY_STATEMENT: &str = "COPY system_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
 const COPY_STATEMENT: &str = "COPY incoming_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
 const MERGE_STATEMENT: &str =
     "INSERT INTO system_metrics (time, service, pod_name, cpu, memory, namespace, node_name)
@@ -251,9 +253,10 @@ const COPY_TYPES: [Type; 7] = [
 ];
 
 /// Stores `rows` and advances the partitions' stored offsets, in one transaction: either all
-/// of it is committed or none. Rows go by binary COPY into the session-local staging table
-/// (`client` must come from [`connect_writer`]), then into `system_metrics` skipping any
-/// already stored, since COPY itself cannot skip conflicts.
+/// of it is committed or none. Rows go by binary COPY straight into `system_metrics`; if one
+/// of them is stored already, the batch goes instead into the session-local staging table
+/// (`client` must come from [`connect_writer`]) and from there into `system_metrics`, skipping
+/// those stored, since COPY itself cannot skip conflicts.
 pub async fn write_batch(
     client: &mut Client,
     rows: &[ValidMetric],
@@ -263,24 +266,23 @@ pub async fn write_batch(
     let tx = client.transaction().await?;
     let mut inserted = 0;
     if !rows.is_empty() {
-        let sink = tx.copy_in(COPY_STATEMENT).await?;
-        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-        pin_mut!(writer);
-        for row in rows {
-            let time = row.time();
-            let values: [&(dyn ToSql + Sync); 7] = [
-                &time,
-                &row.service(),
-                &row.pod_name(),
-                &row.cpu(),
-                &row.memory(),
-                &row.namespace(),
-                &row.node_name(),
-            ];
-            writer.as_mut().write(&values).await?;
+        // Most batches hold no metric stored before: COPY them straight in. Only when one
+        // collides (a redelivery) does the batch go the slower way, through the staging
+        // table and ON CONFLICT DO NOTHING.
+        tx.batch_execute("SAVEPOINT direct_copy").await?;
+        match copy_rows(&tx, DIRECT_COPY_STATEMENT, rows).await {
+            Ok(copied) => {
+                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
+                inserted = copied;
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy")
+                    .await?;
+                copy_rows(&tx, COPY_STATEMENT, rows).await?;
+                inserted = tx.execute(MERGE_STATEMENT, &[]).await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        writer.finish().await?;
-        inserted = tx.execute(MERGE_STATEMENT, &[]).await?;
     }
     for advance in advances {
         let moved = match advance.expected {
@@ -312,6 +314,31 @@ pub async fn write_batch(
     }
     tx.commit().await?;
     Ok(WriteOutcome::Stored { inserted })
+}
+
+/// Binary COPY of `rows` by `statement`; answers with the number of rows copied.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &str,
+    rows: &[ValidMetric],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(statement).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    for row in rows {
+        let time = row.time();
+        let values: [&(dyn ToSql + Sync); 7] = [
+            &time,
+            &row.service(),
+            &row.pod_name(),
+            &row.cpu(),
+            &row.memory(),
+            &row.namespace(),
+            &row.node_name(),
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await
 }
 
 async fn stored_offset(
