@@ -67,8 +67,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, anyhow, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
+use panopticon::domain::WireMetric;
 use panopticon::domain::{Rules, ValidMetric};
-use panopticon::simulate::{Sample, Simulator};
+use panopticon::simulate::Simulator;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -1377,7 +1378,7 @@ fn produce_steady(
             payload.clear();
             serde_json::to_writer(
                 &mut payload,
-                &Sample {
+                &WireMetric {
                     timestamp: now_ms(),
                     service: &pod.service,
                     pod_name: &pod.name,

@@ -11,9 +11,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SimulateArgs;
 use crate::domain::WireMetric;
 
-/// One sample in the wire format.
-pub use crate::domain::WireMetric as Sample;
-
 /// None is `log-generator`, the service of the original test guide's messages, so that the
 /// guide's queries show only its own rows while the simulator runs.
 const SERVICES: &[&str] = &["api-gateway", "checkout", "payments", "search", "frontend"];

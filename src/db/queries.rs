@@ -32,6 +32,15 @@ pub enum QueryError {
     Query(#[from] diesel::result::Error),
 }
 
+/// A connection from the pool; a pool that cannot give one means the database is unavailable.
+async fn connection(
+    pool: &DbPool,
+) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, QueryError> {
+    pool.get()
+        .await
+        .map_err(|e| QueryError::Pool(e.to_string()))
+}
+
 /// One stored metric.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, ToSchema)]
 #[diesel(table_name = system_metrics, check_for_backend(diesel::pg::Pg))]
@@ -73,10 +82,7 @@ pub async fn list_metrics(
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
     use crate::schema::system_metrics::dsl as m;
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let mut conn = connection(pool).await?;
     let mut query = m::system_metrics
         .select(MetricRow::as_select())
         .filter(m::time.ge(filters.from))
@@ -125,10 +131,7 @@ pub async fn latest_per_pod(
     filters: &Filters,
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let mut conn = connection(pool).await?;
     let rows = diesel::sql_query(
         "SELECT * FROM (
              SELECT DISTINCT ON (namespace, pod_name)
@@ -239,10 +242,7 @@ pub async fn series(
     group_by: Dimension,
     source: SeriesSource,
 ) -> Result<Vec<SeriesRow>, QueryError> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let mut conn = connection(pool).await?;
     let (bucket, table, time, cpu, memory) = match (source, aggregate.over_minutes("cpu")) {
         (SeriesSource::MinuteAggregate, Some(cpu)) => (
             "time_bucket($1::interval, bucket)",
@@ -309,10 +309,7 @@ pub async fn distinct_values(
     filters: &Filters,
     limit: i64,
 ) -> Result<Vec<DistinctValue>, QueryError> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| QueryError::Pool(e.to_string()))?;
+    let mut conn = connection(pool).await?;
     let sql = format!(
         "SELECT {col} AS name, min(time) AS first_seen, max(time) AS last_seen, count(*) AS samples
          FROM system_metrics
