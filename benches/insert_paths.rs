@@ -145,7 +145,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(&admin_url);
     let url = format!("{base}/{name}");
     db::migrate(&url).await?;
-    let mut client = db::connect_writer(&url).await?;
+    let mut writer = db::Writer::connect(&url).await?;
+    let mut client = db::connect(&url).await?;
     let rows = rows(total);
     let scope = OffsetScope {
         group: "bench".into(),
@@ -175,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
                             expected: (i > 0).then(|| i as i64 - 1),
                             next: i as i64,
                         };
-                        db::write_batch(&mut client, part, &scope, &[advance]).await?;
+                        writer.write_batch(part, &scope, &[advance]).await?;
                     }
                     "unnest arrays" => unnest(&mut client, part).await?,
                     _ => values(&mut client, part).await?,
@@ -192,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     for (path, rate) in &results {
         println!("{path:<46} {rate:>12.0} {:>8.2}", rate / reference);
     }
-    drop(client);
+    drop((client, writer));
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await?;

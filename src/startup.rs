@@ -12,9 +12,8 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::Consumer;
-use tokio_postgres::Client;
 
-use crate::actors::batch_writer::{BatchWriter, WriterSettings};
+use crate::actors::batch_writer::{BatchWriter, SetOffsetsRecipient, WriterSettings};
 use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
 use crate::actors::validator::Validator;
 use crate::config::{Settings, redact_url};
@@ -156,7 +155,7 @@ async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
-    let client = connect_database(settings, &stats).await;
+    connect_database(settings, &stats).await;
     let consumer = connect_kafka(settings, stats.clone()).await?;
     let dead_letters = DeadLetters::new(
         &settings.kafka_brokers,
@@ -165,7 +164,7 @@ async fn start_pipeline(
     )
     .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
-    let mut writer = BatchWriter::new(
+    let writer = BatchWriter::new(
         WriterSettings {
             database_url: settings.database_url.clone(),
             max_rows: settings.batch_max_rows as usize,
@@ -177,14 +176,13 @@ async fn start_pipeline(
                 topic: settings.kafka_topic.clone(),
             },
         },
-        client,
         dead_letters.clone(),
         stats.clone(),
     );
-    // The writer needs the consumer's address and the consumer the validator's, which needs
-    // the writer's: create the writer's context first so its address exists.
-    let writer_ctx = Context::<BatchWriter>::new();
-    let writer_addr = writer_ctx.address();
+    // The writer gets a thread of its own, with its database connection: its round trips to
+    // the database are then never queued behind parsing on the consumer's thread.
+    let writer_thread = Arbiter::new();
+    let writer_addr = BatchWriter::start_in_arbiter(&writer_thread.handle(), move |_| writer);
     let validator = Validator::new(
         Rules {
             max_future_skew_ms: settings.max_future_skew_ms,
@@ -196,24 +194,25 @@ async fn start_pipeline(
         settings.metric_log_max_per_sec,
     )
     .start();
-    consumer.context().set_writer(writer_addr);
+    consumer.context().set_writer(writer_addr.clone());
     let consumer = KafkaConsumer::new(consumer, settings, validator, stats.clone())
         .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?
         .start();
-    writer.set_offsets_recipient(consumer.clone().recipient());
-    writer_ctx.run(writer);
+    // Sent before any record can be consumed, so the writer knows whom to tell from its
+    // first flush.
+    writer_addr.do_send(SetOffsetsRecipient(consumer.clone().recipient()));
     Ok(consumer)
 }
 
-/// Connects and migrates, retrying with backoff; logs the failure once, then again only
-/// when it changes or a minute has passed.
-async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
+/// Connects, migrates and prepares the storage, retrying with backoff; logs the failure once,
+/// then again only when it changes or a minute has passed.
+async fn connect_database(settings: &Settings, stats: &Stats) {
     let url = &settings.database_url;
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
             db::migrate(url).await?;
-            let client = db::connect_writer(url).await?;
+            let client = db::connect(url).await?;
             let storage = db::describe_storage(&client).await?;
             Ok::<_, db::DbError>((client, storage))
         };
@@ -240,7 +239,7 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> Client {
                     *slot = Some(storage.description);
                 }
                 stats.set_database_error(None);
-                return client;
+                return;
             }
             Err(e) => {
                 stats.set_database_error(Some(e.to_string()));

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{SecondsFormat, Utc};
-use tokio_postgres::Client;
 
 use crate::db::{self, OffsetAdvance, OffsetScope, WriteOutcome};
 use crate::dead_letter::{DeadLetter, DeadLetters};
@@ -73,6 +72,11 @@ struct Ownership {
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<(i32, i64)>")]
 pub struct Flush(pub Trigger);
+
+/// Who to tell about stored offsets ([`OffsetsStored`]); the consumer starts after the writer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetOffsetsRecipient(pub Recipient<OffsetsStored>);
 
 /// Rows up to these next offsets are committed to the database.
 #[derive(Debug, Message)]
@@ -143,9 +147,9 @@ pub struct BatchWriter {
     owned: HashMap<i32, Ownership>,
     /// When the current batch got its first chunk; the time trigger measures from here.
     oldest: Option<Instant>,
-    /// The writer's own connection: COPY needs one that nothing else uses. `None` while a
-    /// flush holds it or after it broke.
-    client: Option<Client>,
+    /// The writer's own connection, opened on the writer's thread at the first flush: COPY
+    /// needs one that nothing else uses. `None` while a flush holds it or after it broke.
+    client: Option<db::Writer>,
     /// Every offset stored since start, so the final commit at shutdown covers all of them.
     stored: BTreeMap<i32, i64>,
     /// Told after each flush which offsets may be committed to Kafka.
@@ -160,7 +164,6 @@ pub struct BatchWriter {
 impl BatchWriter {
     pub fn new(
         settings: WriterSettings,
-        client: Client,
         dead_letters: DeadLetters,
         stats: Arc<Stats>,
     ) -> BatchWriter {
@@ -174,7 +177,7 @@ impl BatchWriter {
             pending: BTreeMap::new(),
             owned: HashMap::new(),
             oldest: None,
-            client: Some(client),
+            client: None,
             stored: BTreeMap::new(),
             on_stored: None,
             dead_letters,
@@ -182,11 +185,6 @@ impl BatchWriter {
             settings,
             stats,
         }
-    }
-
-    /// Who to tell about stored offsets; the consumer is started after the writer.
-    pub fn set_offsets_recipient(&mut self, recipient: Recipient<OffsetsStored>) {
-        self.on_stored = Some(recipient);
     }
 
     /// Takes the batch and stores it; the actor waits for it (see the module comment).
@@ -289,13 +287,13 @@ impl BatchWriter {
 /// error, and skipped, so one bad row never blocks its batch. Answers with the connection and
 /// the refused rows' indexes.
 async fn store(
-    mut client: Option<Client>,
+    mut client: Option<db::Writer>,
     url: &str,
     scope: &OffsetScope,
     stats: &Stats,
     dead_letters: &DeadLetters,
     batch: &mut Batch,
-) -> (Option<Client>, Vec<usize>) {
+) -> (Option<db::Writer>, Vec<usize>) {
     let mut rejected = Vec::new();
     let mut ranges = vec![(0, batch.rows.len())];
     let mut backoff = Backoff::default();
@@ -312,7 +310,7 @@ async fn store(
             }
             let conn = match client.as_mut() {
                 Some(conn) => conn,
-                None => match db::connect_writer(url).await {
+                None => match db::Writer::connect(url).await {
                     Ok(conn) => client.insert(conn),
                     Err(e) => {
                         backoff.wait(stats, &e.to_string()).await;
@@ -320,7 +318,10 @@ async fn store(
                     }
                 },
             };
-            match db::write_batch(conn, &batch.rows[start..end], scope, advances).await {
+            match conn
+                .write_batch(&batch.rows[start..end], scope, advances)
+                .await
+            {
                 Ok(WriteOutcome::Stored { inserted }) => {
                     if backoff.failures > 0 {
                         log::info!("database reachable again; writing resumed");
@@ -498,6 +499,18 @@ impl Handler<ValidChunk> for BatchWriter {
             stats.writer.handled.fetch_add(1, Ordering::Relaxed);
             AtomicResponse::new(Box::pin(fut::ready(())))
         }
+    }
+}
+
+impl Handler<SetOffsetsRecipient> for BatchWriter {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        SetOffsetsRecipient(recipient): SetOffsetsRecipient,
+        _: &mut Context<Self>,
+    ) {
+        self.on_stored = Some(recipient);
     }
 }
 

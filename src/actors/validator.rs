@@ -91,8 +91,10 @@ pub struct Drain;
 pub struct Validator {
     /// The checks beyond the message's shape.
     rules: Rules,
-    /// Where valid metrics go.
-    writer: Addr<BatchWriter>,
+    /// Where valid metrics go. Shared rather than cloned per chunk: an actix address counts
+    /// the mailbox's capacity against each of its copies (a fresh copy may always queue one
+    /// more), so only the same copy is held to it.
+    writer: Arc<Addr<BatchWriter>>,
     /// Where rejected records go before their offsets may be stored.
     dead_letters: DeadLetters,
     /// Shared counters for `/status`.
@@ -117,7 +119,7 @@ impl Validator {
             .store(mailbox_capacity as u64, Ordering::Relaxed);
         Validator {
             rules,
-            writer,
+            writer: Arc::new(writer),
             dead_letters,
             stats,
             rejection_log: LogLimit::new("invalid-message warnings", log_per_sec),
@@ -216,7 +218,16 @@ impl Handler<RawChunk> for Validator {
                 }
                 drop(chunk);
                 stats.writer.enqueued.fetch_add(1, Ordering::Relaxed);
-                if writer.send(valid).await.is_err() {
+                // Queued without waiting for the writer to handle it, so that parsing the next
+                // chunk overlaps the writer's flush. A full mailbox parks this copy of the
+                // address: the chunk is then queued by `send`, which waits until the writer has
+                // taken it, so the mailbox holds at most its capacity and two.
+                let queued = match writer.try_send(valid) {
+                    Ok(()) => true,
+                    Err(SendError::Full(valid)) => writer.send(valid).await.is_ok(),
+                    Err(SendError::Closed(_)) => false,
+                };
+                if !queued {
                     log::error!("batch writer stopped; chunk not stored and not acknowledged");
                 }
                 stats.validator.handled.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,5 @@
 //! Everything that talks to PostgreSQL: connecting, migrating, and the batch insert path.
-//! Only the batch writer calls [`write_batch`].
+//! Only the batch writer writes rows, through [`Writer`].
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::config::redact_url;
 use crate::domain::ValidMetric;
@@ -229,19 +229,29 @@ pub enum WriteOutcome {
 
 const STAGING_TABLE: &str = "CREATE TEMP TABLE incoming_metrics
     (LIKE system_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
-
-/// Opens the batch writer's connection, with its session-local staging table.
-pub async fn connect_writer(url: &str) -> Result<Client, DbError> {
-    let client = connect(url).await?;
-    client.batch_execute(STAGING_TABLE).await?;
-    Ok(client)
-}
 const DIRECT_COPY_STATEMENT: &str = "COPY system_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
 const COPY_STATEMENT: &str = "COPY incoming_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT binary)";
 const MERGE_STATEMENT: &str =
     "INSERT INTO system_metrics (time, service, pod_name, cpu, memory, namespace, node_name)
     SELECT time, service, pod_name, cpu, memory, namespace, node_name FROM incoming_metrics
     ON CONFLICT (pod_name, time, namespace, service) DO NOTHING";
+/// Moves every partition of a flush in one statement and answers with those that moved: an
+/// existing offset only from the expected value, a missing one only if still missing.
+const ADVANCE_STATEMENT: &str = "WITH moves AS (
+        SELECT * FROM unnest($3::int4[], $4::int8[], $5::int8[]) AS m (partition, expected, next)
+    ), updated AS (
+        UPDATE kafka_offsets o SET next_offset = m.next, updated_at = now()
+        FROM moves m
+        WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = m.partition
+          AND o.next_offset = m.expected
+        RETURNING o.partition
+    ), inserted AS (
+        INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
+        SELECT $1, $2, m.partition, m.next FROM moves m WHERE m.expected IS NULL
+        ON CONFLICT DO NOTHING
+        RETURNING partition
+    )
+    SELECT partition FROM updated UNION ALL SELECT partition FROM inserted";
 const COPY_TYPES: [Type; 7] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
@@ -252,77 +262,143 @@ const COPY_TYPES: [Type; 7] = [
     Type::TEXT,
 ];
 
-/// Stores `rows` and advances the partitions' stored offsets, in one transaction: either all
-/// of it is committed or none. Rows go by binary COPY straight into `system_metrics`; if one
-/// of them is stored already, the batch goes instead into the session-local staging table
-/// (`client` must come from [`connect_writer`]) and from there into `system_metrics`, skipping
-/// those stored, since COPY itself cannot skip conflicts.
-pub async fn write_batch(
-    client: &mut Client,
-    rows: &[ValidMetric],
-    scope: &OffsetScope,
-    advances: &[OffsetAdvance],
-) -> Result<WriteOutcome, DbError> {
-    let tx = client.transaction().await?;
-    let mut inserted = 0;
-    if !rows.is_empty() {
-        // Most batches hold no metric stored before: COPY them straight in. Only when one
-        // collides (a redelivery) does the batch go the slower way, through the staging
-        // table and ON CONFLICT DO NOTHING.
-        tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match copy_rows(&tx, DIRECT_COPY_STATEMENT, rows).await {
-            Ok(copied) => {
-                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
-                inserted = copied;
-            }
+/// The batch writer's connection: its session-local staging table and its statements,
+/// prepared once.
+pub struct Writer {
+    client: Client,
+    direct_copy: Statement,
+    staging_copy: Statement,
+    merge: Statement,
+    advance: Statement,
+}
+
+impl Writer {
+    /// Opens the connection (its driver task runs on the current runtime) and prepares it.
+    pub async fn connect(url: &str) -> Result<Writer, DbError> {
+        let client = connect(url).await?;
+        client.batch_execute(STAGING_TABLE).await?;
+        Ok(Writer {
+            direct_copy: client.prepare(DIRECT_COPY_STATEMENT).await?,
+            staging_copy: client.prepare(COPY_STATEMENT).await?,
+            merge: client.prepare(MERGE_STATEMENT).await?,
+            advance: client.prepare(ADVANCE_STATEMENT).await?,
+            client,
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The plain connection, for statements of its own.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stores `rows` and advances the partitions' stored offsets, in one transaction: either
+    /// all of it is committed or none. Rows go by binary COPY straight into `system_metrics`;
+    /// if one of them is stored already, the transaction is rolled back and the batch goes
+    /// instead through the session-local staging table into `system_metrics`, skipping those
+    /// stored, since COPY itself cannot skip conflicts.
+    pub async fn write_batch(
+        &mut self,
+        rows: &[ValidMetric],
+        scope: &OffsetScope,
+        advances: &[OffsetAdvance],
+    ) -> Result<WriteOutcome, DbError> {
+        let outcome = match self.write(rows, scope, advances, false).await {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy")
-                    .await?;
-                copy_rows(&tx, COPY_STATEMENT, rows).await?;
-                inserted = tx.execute(MERGE_STATEMENT, &[]).await?;
+                // Most batches hold no metric stored before; one that does (a redelivery)
+                // goes the slower way.
+                self.rollback().await;
+                self.write(rows, scope, advances, true).await
             }
-            Err(e) => return Err(e.into()),
+            outcome => outcome,
+        };
+        match outcome {
+            Ok(WriteOutcome::Stored { inserted }) => {
+                self.client.batch_execute("COMMIT").await?;
+                Ok(WriteOutcome::Stored { inserted })
+            }
+            Ok(fenced) => {
+                self.rollback().await;
+                Ok(fenced)
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e.into())
+            }
         }
     }
-    for advance in advances {
-        let moved = match advance.expected {
-            Some(expected) => {
-                tx.execute(
-                    "UPDATE kafka_offsets SET next_offset = $4, updated_at = now()
-                     WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
-                    &[&scope.group, &scope.topic, &advance.partition, &advance.next, &expected],
-                )
-                .await?
+
+    /// Everything of [`Writer::write_batch`] but the commit, in a transaction left open.
+    async fn write(
+        &self,
+        rows: &[ValidMetric],
+        scope: &OffsetScope,
+        advances: &[OffsetAdvance],
+        staged: bool,
+    ) -> Result<WriteOutcome, tokio_postgres::Error> {
+        let client = &self.client;
+        // Sent together: the server starts the COPY right after BEGIN, with no round trip
+        // between them.
+        let begin = client.batch_execute("BEGIN");
+        let mut inserted = 0;
+        if rows.is_empty() {
+            begin.await?;
+        } else {
+            let statement = if staged {
+                &self.staging_copy
+            } else {
+                &self.direct_copy
+            };
+            let (begun, copied) = futures_util::join!(begin, copy_rows(client, statement, rows));
+            begun?;
+            inserted = copied?;
+            if staged {
+                inserted = client.execute(&self.merge, &[]).await?;
             }
-            None => {
-                tx.execute(
-                    "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&scope.group, &scope.topic, &advance.partition, &advance.next],
-                )
-                .await?
-            }
-        };
-        if moved != 1 {
-            let stored = stored_offset(&tx, scope, advance.partition).await?;
-            tx.rollback().await?;
+        }
+        if advances.is_empty() {
+            return Ok(WriteOutcome::Stored { inserted });
+        }
+        let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
+        let expected: Vec<Option<i64>> = advances.iter().map(|a| a.expected).collect();
+        let next: Vec<i64> = advances.iter().map(|a| a.next).collect();
+        let moved: Vec<i32> = client
+            .query(
+                &self.advance,
+                &[&scope.group, &scope.topic, &partitions, &expected, &next],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if let Some(fenced) = partitions.iter().find(|p| !moved.contains(p)) {
+            let stored = stored_offset(client, scope, *fenced).await?;
             return Ok(WriteOutcome::Fenced {
-                partition: advance.partition,
+                partition: *fenced,
                 stored,
             });
         }
+        Ok(WriteOutcome::Stored { inserted })
     }
-    tx.commit().await?;
-    Ok(WriteOutcome::Stored { inserted })
+
+    /// Ends a failed or fenced transaction; a broken connection shows in [`Writer::is_closed`].
+    async fn rollback(&self) {
+        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            log::debug!("rollback failed: {e}");
+        }
+    }
 }
 
 /// Binary COPY of `rows` by `statement`; answers with the number of rows copied.
 async fn copy_rows(
-    tx: &tokio_postgres::Transaction<'_>,
-    statement: &str,
+    client: &Client,
+    statement: &Statement,
     rows: &[ValidMetric],
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = tx.copy_in(statement).await?;
+    let sink = client.copy_in(statement).await?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
     for row in rows {
@@ -345,7 +421,7 @@ async fn stored_offset(
     client: &impl tokio_postgres::GenericClient,
     scope: &OffsetScope,
     partition: i32,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<i64>, tokio_postgres::Error> {
     Ok(client
         .query_opt(
             "SELECT next_offset FROM kafka_offsets
