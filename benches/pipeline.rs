@@ -34,7 +34,7 @@
 //! | `BENCH_NAIVE_SECS`, `BENCH_NAIVE_MAX` | 20, 50000 | the naive service stops at either |
 //! | `BENCH_JSON` | `target/bench-pipeline.json` | the report |
 //! | `BENCH_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | where databases are created and dropped |
-//! | `TANSU` | `~/.cargo/bin/tansu`, else `tansu` | the broker |
+//! | `TANSU` | `target/bench-broker/bin/tansu`, else `~/.cargo/bin/tansu`, else `tansu` | the broker |
 //! | `BENCH_SERVICE_BIN` | the binary cargo built | |
 //! | `BENCH_SERVICE_ENV` | | `KEY=VALUE;…` given to the service on top of its defaults (shown in the report) |
 //! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
@@ -45,6 +45,8 @@
 //! does: the service pauses and resumes its partitions under backpressure, and librdkafka
 //! resumes at the position the service has read to, mostly inside a batch. A broker that
 //! answers with the next batch loses the rest of the current one; the bench checks this first.
+//! Stock tansu 0.6.0 does, so unless `TANSU` names a broker, the bench then builds tansu 0.6.0
+//! with a one-line fix (`benches/broker/build-tansu.sh`, about 10 minutes, once) and uses it.
 //!
 //! How latency is observed: the service stores a batch's rows and each partition's next offset
 //! (`kafka_offsets`) in one transaction, so the message at offset `o` of partition `p` is
@@ -107,6 +109,8 @@ struct Settings {
     admin_url: String,
     service_bin: PathBuf,
     tansu: PathBuf,
+    /// `TANSU` was set: use that broker or fail, never build one.
+    tansu_chosen: bool,
     echo_log: bool,
 }
 
@@ -126,8 +130,11 @@ impl Settings {
         let cargo_home = std::env::var("CARGO_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|_| home.join(".cargo"));
+        let fixed = fixed_tansu_path();
+        let tansu_chosen = std::env::var_os("TANSU").is_some();
         let tansu = match std::env::var("TANSU") {
             Ok(path) => PathBuf::from(path),
+            Err(_) if fixed.exists() => fixed,
             Err(_) if cargo_home.join("bin/tansu").exists() => cargo_home.join("bin/tansu"),
             Err(_) => PathBuf::from("tansu"),
         };
@@ -162,6 +169,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_panopticon"))),
             tansu,
+            tansu_chosen,
             echo_log: std::env::var_os("BENCH_LOG").is_some(),
         };
         ensure!(settings.messages > 0, "BENCH_MESSAGES must be > 0");
@@ -801,6 +809,36 @@ fn send(
             Err((e, _)) => bail!("produce: {e}"),
         }
     }
+}
+
+/// Where `benches/broker/build-tansu.sh` puts the broker it builds.
+fn fixed_tansu_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-broker/bin/tansu")
+}
+
+/// Builds tansu with the fetch fix (see `benches/broker/build-tansu.sh`); answers its path.
+fn build_fixed_tansu() -> anyhow::Result<PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/broker/build-tansu.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(
+            fixed_tansu_path()
+                .parent()
+                .and_then(|p| p.parent())
+                .unwrap(),
+        )
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(status.success(), "{} failed: {status}", script.display());
+    let path = fixed_tansu_path();
+    ensure!(
+        path.exists(),
+        "{} did not produce {}",
+        script.display(),
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Whether a fetch that starts inside a record batch gets that batch (as Kafka answers, the
@@ -1646,7 +1684,22 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?
         .get(0);
 
-    let (broker_process, broker) = start_tansu(&settings)?;
+    let (mut broker_process, mut broker) = start_tansu(&settings)?;
+    let mut settings = settings;
+    if !settings.tansu_chosen
+        && settings.preload_batch > 1
+        && !fetches_inside_batches(&broker).await?
+    {
+        step(&format!(
+            "{} skips records when a fetch starts inside a batch; building tansu with the fix \
+             (benches/broker/build-tansu.sh, once)",
+            settings.tansu.display()
+        ));
+        drop(broker_process);
+        settings.tansu = build_fixed_tansu()?;
+        (broker_process, broker) = start_tansu(&settings)?;
+    }
+    let settings = settings;
     let broker_pid = broker_process.pid();
     if !fetches_inside_batches(&broker).await? {
         let why = format!(

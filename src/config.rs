@@ -69,7 +69,7 @@ pub struct Settings {
     pub http_host: String,
 
     /// A batch is flushed to the database when it holds this many rows.
-    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_max_rows: u32,
 
     /// A batch is flushed to the database when its oldest row has waited this long (ms).

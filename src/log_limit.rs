@@ -37,6 +37,17 @@ impl LogLimit {
         }
     }
 
+    /// How many of `lines` more lines may be printed now (the first ones): one look at the
+    /// clock for all of them.
+    pub fn allow_many(&mut self, lines: usize) -> usize {
+        self.roll_window();
+        let left = self.max_per_sec.saturating_sub(self.printed) as usize;
+        let allowed = lines.min(left);
+        self.printed += allowed as u32;
+        self.suppressed += (lines - allowed) as u64;
+        allowed
+    }
+
     /// Prints the summary of a finished window; call it now and then when no line is logged.
     pub fn roll_window(&mut self) {
         if self.window_start.elapsed() < Duration::from_secs(1) {
@@ -67,5 +78,16 @@ mod tests {
         let allowed = (0..10).filter(|_| limit.allow()).count();
         assert_eq!(allowed, 3);
         assert_eq!(limit.suppressed, 7);
+    }
+
+    #[test]
+    fn allows_many_up_to_what_is_left_of_the_cap() {
+        let mut limit = LogLimit::new("lines", 5);
+        assert!(limit.allow());
+        assert_eq!(limit.allow_many(3), 3);
+        assert_eq!(limit.allow_many(4), 1);
+        assert_eq!(limit.allow_many(2), 0);
+        assert!(!limit.allow());
+        assert_eq!(limit.suppressed, 6);
     }
 }

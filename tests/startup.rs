@@ -59,7 +59,7 @@ fn help_lists_every_setting_with_its_default() {
             "postgres://admin:admin123@localhost:5433/panopticon",
         ),
         ("HTTP_PORT", "3001"),
-        ("BATCH_MAX_ROWS", "2000"),
+        ("BATCH_MAX_ROWS", "3000"),
         ("BATCH_MAX_WAIT_MS", "500"),
         ("VALIDATOR_MAILBOX_CAPACITY", "4"),
         ("WRITER_MAILBOX_CAPACITY", "8"),

@@ -250,10 +250,14 @@ impl BatchWriter {
                 trigger,
             });
         }
-        for (index, row) in batch.rows.iter().enumerate() {
-            if rejected.contains(&index) || !self.metric_log.allow() {
-                continue;
-            }
+        let allowed = self.metric_log.allow_many(stored_rows);
+        let logged = batch
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !rejected.contains(index))
+            .take(allowed);
+        for (_, row) in logged {
             log::info!(
                 "[METRIC] service={} pod={} CPU={:.2}% Memory={:.2}Mi timestamp={}",
                 row.service(),
