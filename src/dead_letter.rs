@@ -11,6 +11,8 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::backoff::Backoff;
+
 /// Header names of a dead letter.
 pub const REASON_HEADER: &str = "panopticon-reason";
 pub const DETAIL_HEADER: &str = "panopticon-detail";
@@ -62,7 +64,7 @@ impl DeadLetters {
     /// the failed ones with backoff for as long as it takes: the caller's offsets wait.
     pub async fn send_all(&self, letters: &[DeadLetter<'_>]) {
         let mut pending: Vec<&DeadLetter<'_>> = letters.iter().collect();
-        let mut attempt = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         while !pending.is_empty() {
             let now = Utc::now().to_rfc3339();
             let results = join_all(pending.iter().map(|letter| {
@@ -109,10 +111,7 @@ impl DeadLetters {
                 }
             }
             if let Some((_, e)) = failed.first() {
-                attempt += 1;
-                let delay = Duration::from_millis(200)
-                    .saturating_mul(1 << attempt.min(6))
-                    .min(Duration::from_secs(10));
+                let delay = backoff.next_delay();
                 log::warn!(
                     "{} dead letters not acknowledged by topic {} ({e}); retrying in {} ms",
                     failed.len(),

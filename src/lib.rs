@@ -2,6 +2,7 @@
 //! stores them in TimescaleDB in batches, committing Kafka offsets only after the rows.
 
 pub mod actors;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod dead_letter;

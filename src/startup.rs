@@ -16,6 +16,7 @@ use rdkafka::consumer::Consumer;
 use crate::actors::batch_writer::{BatchWriter, SetOffsetsRecipient, WriterSettings};
 use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
 use crate::actors::validator::Validator;
+use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::DeadLetters;
@@ -291,7 +292,7 @@ async fn connect_kafka(
 /// Capped exponential backoff for start-up connections, logging without repeating itself.
 struct Retry {
     what: &'static str,
-    attempts: u32,
+    backoff: Backoff,
     last_logged: Option<(String, std::time::Instant)>,
 }
 
@@ -299,16 +300,13 @@ impl Retry {
     fn new(what: &'static str) -> Retry {
         Retry {
             what,
-            attempts: 0,
+            backoff: Backoff::new(Duration::from_millis(1000), Duration::from_secs(30)),
             last_logged: None,
         }
     }
 
     async fn failed(&mut self, error: &str) {
-        self.attempts += 1;
-        let delay = Duration::from_millis(500)
-            .saturating_mul(1 << self.attempts.min(6))
-            .min(Duration::from_secs(30));
+        let delay = self.backoff.next_delay();
         let repeat = self
             .last_logged
             .as_ref()
@@ -318,7 +316,7 @@ impl Retry {
                 "{} unreachable: {error}; retrying in {} s (attempt {})",
                 self.what,
                 delay.as_secs_f32(),
-                self.attempts
+                self.backoff.failures()
             );
             self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
         }

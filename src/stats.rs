@@ -63,6 +63,28 @@ pub struct PartitionReport {
     pub lag: Option<i64>,
 }
 
+impl PartitionReport {
+    /// Rows up to `next` are committed.
+    pub fn committed(&mut self, next: i64) {
+        self.committed_offset = Some(next);
+        self.update_lag(None);
+    }
+
+    /// librdkafka's statistics: the high watermark, and its own lag estimate, used until this
+    /// instance has committed something.
+    pub fn observed(&mut self, high_watermark: i64, consumer_lag: i64) {
+        self.high_watermark = Some(high_watermark);
+        self.update_lag(Some(consumer_lag));
+    }
+
+    fn update_lag(&mut self, estimate: Option<i64>) {
+        self.lag = match (self.high_watermark, self.committed_offset) {
+            (Some(high), Some(committed)) => Some((high - committed).max(0)),
+            _ => estimate.map(|lag| lag.max(0)).or(self.lag),
+        };
+    }
+}
+
 /// Everything `/status` reports, updated by the actors as they work.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -160,10 +182,7 @@ impl Stats {
         };
         for (partition, next) in offsets {
             if let Some(report) = partitions.get_mut(partition) {
-                report.committed_offset = Some(*next);
-                if let Some(high) = report.high_watermark {
-                    report.lag = Some((high - next).max(0));
-                }
+                report.committed(*next);
             }
         }
     }
@@ -196,5 +215,31 @@ impl Stats {
 
     pub fn database_error(&self) -> Option<String> {
         self.database_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_high_watermark_less_the_committed_offset_once_both_are_known() {
+        let mut report = PartitionReport::default();
+        report.committed(40);
+        assert_eq!(report.lag, None, "no high watermark yet");
+        report.observed(100, 75);
+        assert_eq!(report.lag, Some(60));
+        report.committed(90);
+        assert_eq!(report.lag, Some(10));
+        report.committed(120);
+        assert_eq!(report.lag, Some(0), "never negative");
+
+        let mut fresh = PartitionReport::default();
+        fresh.observed(100, 75);
+        assert_eq!(
+            fresh.lag,
+            Some(75),
+            "librdkafka's estimate before any commit"
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{SecondsFormat, Utc};
 
+use crate::backoff::Backoff;
 use crate::db::{self, OffsetAdvance, OffsetScope, WriteOutcome};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::ValidMetric;
@@ -300,7 +301,7 @@ async fn store(
 ) -> (Option<db::Writer>, Vec<usize>) {
     let mut rejected = Vec::new();
     let mut ranges = vec![(0, batch.rows.len())];
-    let mut backoff = Backoff::default();
+    let mut backoff = WriteRetry::default();
     while let Some((start, end)) = ranges.pop() {
         loop {
             // The offsets travel with the last rows, so they are stored only after every row.
@@ -327,7 +328,7 @@ async fn store(
                 .await
             {
                 Ok(WriteOutcome::Stored { inserted }) => {
-                    if backoff.failures > 0 {
+                    if backoff.failures() > 0 {
                         log::info!("database reachable again; writing resumed");
                     }
                     let skipped = (end - start) as u64 - inserted;
@@ -335,7 +336,7 @@ async fn store(
                         .duplicates_skipped
                         .fetch_add(skipped, Ordering::Relaxed);
                     stats.set_database_error(None);
-                    backoff = Backoff::default();
+                    backoff = WriteRetry::default();
                     break;
                 }
                 Ok(WriteOutcome::Fenced { partition, stored }) => {
@@ -406,26 +407,31 @@ async fn store(
     (client, rejected)
 }
 
-/// Capped, jittered exponential backoff between retries of a failed write.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
+/// Waits between retries of a failed write, counting and reporting the failure.
+#[derive(Debug)]
+struct WriteRetry(Backoff);
+
+impl Default for WriteRetry {
+    fn default() -> WriteRetry {
+        WriteRetry(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        ))
+    }
 }
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
+impl WriteRetry {
+    fn failures(&self) -> u32 {
+        self.0.failures()
+    }
 
     async fn wait(&mut self, stats: &Stats, error: &str) {
-        self.failures += 1;
         stats.writer.errors.fetch_add(1, Ordering::Relaxed);
         stats.set_database_error(Some(error.to_owned()));
-        let exp = Self::FIRST.saturating_mul(1 << self.failures.min(10));
-        let capped = exp.min(Self::MAX);
-        let delay = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
+        let delay = self.0.next_delay();
         log::warn!(
             "database write failed (attempt {}), retrying in {} ms: {error}",
-            self.failures,
+            self.0.failures(),
             delay.as_millis()
         );
         tokio::time::sleep(delay).await;

@@ -184,11 +184,7 @@ impl ClientContext for ConsumerEvents {
         };
         for (id, partition) in partitions.iter_mut() {
             if let Some(seen) = topic.partitions.get(id) {
-                partition.high_watermark = Some(seen.hi_offset);
-                partition.lag = Some(match partition.committed_offset {
-                    Some(committed) => (seen.hi_offset - committed).max(0),
-                    None => seen.consumer_lag.max(0),
-                });
+                partition.observed(seen.hi_offset, seen.consumer_lag);
             }
         }
     }
