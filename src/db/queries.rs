@@ -3,7 +3,9 @@
 //! written into SQL text.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -63,6 +65,34 @@ pub struct Filters {
     pub node: Option<String>,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+}
+
+/// The name filters as SQL conditions, in the order [`Filters::bind_names`] binds them, their
+/// parameters numbered from `first`; each matches everything when not given.
+fn name_conditions(first: usize) -> String {
+    ["service", "namespace", "pod_name", "node_name"]
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let n = first + i;
+            format!("AND (${n}::text IS NULL OR {column} = ${n})")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Filters {
+    /// Binds the name filters of [`name_conditions`].
+    fn bind_names<'f>(
+        &self,
+        query: BoxedSqlQuery<'f, Pg, SqlQuery>,
+    ) -> BoxedSqlQuery<'f, Pg, SqlQuery> {
+        query
+            .bind::<Nullable<Text>, _>(self.service.clone())
+            .bind::<Nullable<Text>, _>(self.namespace.clone())
+            .bind::<Nullable<Text>, _>(self.pod.clone())
+            .bind::<Nullable<Text>, _>(self.node.clone())
+    }
 }
 
 /// Where the previous page ended, in the order rows are listed.
@@ -132,29 +162,27 @@ pub async fn latest_per_pod(
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
     let mut conn = connection(pool).await?;
-    let rows = diesel::sql_query(
+    let sql = format!(
         "SELECT * FROM (
              SELECT DISTINCT ON (namespace, pod_name)
                     time, service, pod_name, cpu, memory, namespace, node_name
              FROM system_metrics
-             WHERE time >= $1 AND time < $2
-               AND ($3::text IS NULL OR service = $3)
-               AND ($4::text IS NULL OR namespace = $4)
-               AND ($5::text IS NULL OR node_name = $5)
+             WHERE time >= $1 AND time < $2 {names}
              ORDER BY namespace, pod_name, time DESC
          ) latest
          ORDER BY namespace, pod_name
-         LIMIT $6",
-    )
-    .bind::<Timestamptz, _>(filters.from)
-    .bind::<Timestamptz, _>(filters.to)
-    .bind::<Nullable<Text>, _>(filters.service.clone())
-    .bind::<Nullable<Text>, _>(filters.namespace.clone())
-    .bind::<Nullable<Text>, _>(filters.node.clone())
-    .bind::<BigInt, _>(limit)
-    .load::<MetricRow>(&mut conn)
-    .await?;
-    Ok(rows)
+         LIMIT $7",
+        names = name_conditions(3),
+    );
+    let query = diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Timestamptz, _>(filters.from)
+        .bind::<Timestamptz, _>(filters.to);
+    Ok(filters
+        .bind_names(query)
+        .bind::<BigInt, _>(limit)
+        .load::<MetricRow>(&mut conn)
+        .await?)
 }
 
 /// A column rows can be grouped or listed by.
@@ -269,25 +297,18 @@ pub async fn series(
     let sql = format!(
         "SELECT {bucket} AS bucket, {group} AS grp, {cpu}::float8 AS cpu, {memory}::float8 AS memory
          FROM {table}
-         WHERE {time} >= $2 AND {time} < $3
-           AND ($4::text IS NULL OR service = $4)
-           AND ($5::text IS NULL OR namespace = $5)
-           AND ($6::text IS NULL OR pod_name = $6)
-           AND ($7::text IS NULL OR node_name = $7)
+         WHERE {time} >= $2 AND {time} < $3 {names}
          GROUP BY 1, 2
          ORDER BY 2, 1",
         group = group_by.column(),
+        names = name_conditions(4),
     );
-    Ok(diesel::sql_query(sql)
+    let query = diesel::sql_query(sql)
+        .into_boxed()
         .bind::<Text, _>(format!("{bucket_seconds} seconds"))
         .bind::<Timestamptz, _>(filters.from)
-        .bind::<Timestamptz, _>(filters.to)
-        .bind::<Nullable<Text>, _>(filters.service.clone())
-        .bind::<Nullable<Text>, _>(filters.namespace.clone())
-        .bind::<Nullable<Text>, _>(filters.pod.clone())
-        .bind::<Nullable<Text>, _>(filters.node.clone())
-        .load(&mut conn)
-        .await?)
+        .bind::<Timestamptz, _>(filters.to);
+    Ok(filters.bind_names(query).load(&mut conn).await?)
 }
 
 /// One distinct pod, service, namespace or node.
@@ -313,24 +334,34 @@ pub async fn distinct_values(
     let sql = format!(
         "SELECT {col} AS name, min(time) AS first_seen, max(time) AS last_seen, count(*) AS samples
          FROM system_metrics
-         WHERE time >= $1 AND time < $2
-           AND ($3::text IS NULL OR service = $3)
-           AND ($4::text IS NULL OR namespace = $4)
-           AND ($5::text IS NULL OR pod_name = $5)
-           AND ($6::text IS NULL OR node_name = $6)
+         WHERE time >= $1 AND time < $2 {names}
          GROUP BY 1
          ORDER BY 1
          LIMIT $7",
-        col = dimension.column()
+        col = dimension.column(),
+        names = name_conditions(3),
     );
-    Ok(diesel::sql_query(sql)
+    let query = diesel::sql_query(sql)
+        .into_boxed()
         .bind::<Timestamptz, _>(filters.from)
-        .bind::<Timestamptz, _>(filters.to)
-        .bind::<Nullable<Text>, _>(filters.service.clone())
-        .bind::<Nullable<Text>, _>(filters.namespace.clone())
-        .bind::<Nullable<Text>, _>(filters.pod.clone())
-        .bind::<Nullable<Text>, _>(filters.node.clone())
+        .bind::<Timestamptz, _>(filters.to);
+    Ok(filters
+        .bind_names(query)
         .bind::<BigInt, _>(limit)
         .load(&mut conn)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_conditions_number_their_parameters_in_binding_order() {
+        assert_eq!(
+            name_conditions(3),
+            "AND ($3::text IS NULL OR service = $3) AND ($4::text IS NULL OR namespace = $4) \
+             AND ($5::text IS NULL OR pod_name = $5) AND ($6::text IS NULL OR node_name = $6)"
+        );
+    }
 }
