@@ -82,6 +82,16 @@ fn name_conditions(first: usize) -> String {
 }
 
 impl Filters {
+    /// `sql` with the time range bound to `$1` and `$2` and the name filters of
+    /// [`name_conditions`]`(3)` to `$3`–`$6`.
+    fn bind_range_and_names(&self, sql: String) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+        let query = diesel::sql_query(sql)
+            .into_boxed()
+            .bind::<Timestamptz, _>(self.from)
+            .bind::<Timestamptz, _>(self.to);
+        self.bind_names(query)
+    }
+
     /// Binds the name filters of [`name_conditions`].
     fn bind_names<'f>(
         &self,
@@ -174,12 +184,8 @@ pub async fn latest_per_pod(
          LIMIT $7",
         names = name_conditions(3),
     );
-    let query = diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<Timestamptz, _>(filters.from)
-        .bind::<Timestamptz, _>(filters.to);
     Ok(filters
-        .bind_names(query)
+        .bind_range_and_names(sql)
         .bind::<BigInt, _>(limit)
         .load::<MetricRow>(&mut conn)
         .await?)
@@ -341,12 +347,8 @@ pub async fn distinct_values(
         col = dimension.column(),
         names = name_conditions(3),
     );
-    let query = diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<Timestamptz, _>(filters.from)
-        .bind::<Timestamptz, _>(filters.to);
     Ok(filters
-        .bind_names(query)
+        .bind_range_and_names(sql)
         .bind::<BigInt, _>(limit)
         .load(&mut conn)
         .await?)
