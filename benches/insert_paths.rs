@@ -11,14 +11,10 @@ use futures_util::SinkExt;
 use panopticon::db::{self, OffsetAdvance, OffsetScope};
 use panopticon::domain::{Rules, ValidMetric};
 use panopticon::simulate::Simulator;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
+use support::{FreshDatabase, env_usize};
 
 fn rows(count: usize) -> Vec<ValidMetric> {
     let mut simulator = Simulator::new(500, 1);
@@ -131,20 +127,8 @@ async fn values(client: &mut Client, batch: &[ValidMetric]) -> Result<(), tokio_
 async fn main() -> anyhow::Result<()> {
     let total = env_usize("BENCH_ROWS", 200_000);
     let batch = env_usize("BENCH_BATCH", 5000);
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("panopticon_bench_{}", std::process::id());
-    let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    let url = format!("{base}/{name}");
-    db::migrate(&url).await?;
+    let database = FreshDatabase::create("inserts").await?;
+    let url = database.url.clone();
     let mut writer = db::Writer::connect(&url).await?;
     let mut client = db::connect(&url).await?;
     let rows = rows(total);
@@ -194,8 +178,5 @@ async fn main() -> anyhow::Result<()> {
         println!("{path:<46} {rate:>12.0} {:>8.2}", rate / reference);
     }
     drop((client, writer));
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await?;
-    Ok(())
+    database.drop_it().await
 }

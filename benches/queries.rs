@@ -13,14 +13,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::SinkExt;
 use panopticon::db::queries::{self, Aggregate, Dimension, Filters, SeriesSource};
-use tokio_postgres::NoTls;
 
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
+use support::{FreshDatabase, env_usize};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -48,20 +43,8 @@ where
 async fn main() -> anyhow::Result<()> {
     let total = env_usize("BENCH_ROWS", 10_000_000);
     let pods = 500usize;
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("panopticon_bench_q_{}", std::process::id());
-    let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    let url = format!("{base}/{name}");
-    panopticon::db::migrate(&url).await?;
+    let database = FreshDatabase::create("q").await?;
+    let url = database.url.clone();
 
     let samples_per_pod = total / pods;
     let end = Utc::now().timestamp_millis() / 10_000 * 10_000;
@@ -162,8 +145,5 @@ async fn main() -> anyhow::Result<()> {
         println!("{label:<48} {p50:>9.1} {p99:>9.1} {rows:>9}");
     }
     drop(pool);
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await?;
-    Ok(())
+    database.drop_it().await
 }
