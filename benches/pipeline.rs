@@ -811,9 +811,14 @@ fn send(
     }
 }
 
-/// Where `benches/broker/build-tansu.sh` puts the broker it builds.
+/// Where `benches/broker/build-tansu.sh` builds the broker.
+fn fixed_tansu_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-broker")
+}
+
+/// The broker `benches/broker/build-tansu.sh` builds.
 fn fixed_tansu_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-broker/bin/tansu")
+    fixed_tansu_dir().join("bin/tansu")
 }
 
 /// Builds tansu with the fetch fix (see `benches/broker/build-tansu.sh`); answers its path.
@@ -821,12 +826,7 @@ fn build_fixed_tansu() -> anyhow::Result<PathBuf> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/broker/build-tansu.sh");
     let status = Command::new("bash")
         .arg(&script)
-        .arg(
-            fixed_tansu_path()
-                .parent()
-                .and_then(|p| p.parent())
-                .unwrap(),
-        )
+        .arg(fixed_tansu_dir())
         .stdout(Stdio::null())
         .status()
         .with_context(|| format!("running {}", script.display()))?;
@@ -1685,11 +1685,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .get(0);
 
     let (mut broker_process, mut broker) = start_tansu(&settings)?;
+    let mut fetches_right = fetches_inside_batches(&broker).await?;
     let mut settings = settings;
-    if !settings.tansu_chosen
-        && settings.preload_batch > 1
-        && !fetches_inside_batches(&broker).await?
-    {
+    if !fetches_right && !settings.tansu_chosen && settings.preload_batch > 1 {
         step(&format!(
             "{} skips records when a fetch starts inside a batch; building tansu with the fix \
              (benches/broker/build-tansu.sh, once)",
@@ -1698,10 +1696,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         drop(broker_process);
         settings.tansu = build_fixed_tansu()?;
         (broker_process, broker) = start_tansu(&settings)?;
+        fetches_right = fetches_inside_batches(&broker).await?;
     }
     let settings = settings;
     let broker_pid = broker_process.pid();
-    if !fetches_inside_batches(&broker).await? {
+    if !fetches_right {
         let why = format!(
             "the broker ({}) answers a fetch that starts inside a record batch with the next \
              batch, skipping the rest of the current one (tansu 0.6.0's memory engine does: \

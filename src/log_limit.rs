@@ -27,14 +27,7 @@ impl LogLimit {
 
     /// Whether one more line may be printed now.
     pub fn allow(&mut self) -> bool {
-        self.roll_window();
-        if self.printed < self.max_per_sec {
-            self.printed += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
+        self.allow_many(1) == 1
     }
 
     /// How many of `lines` more lines may be printed now (the first ones): one look at the

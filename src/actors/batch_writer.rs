@@ -336,7 +336,7 @@ async fn store(
                         .duplicates_skipped
                         .fetch_add(skipped, Ordering::Relaxed);
                     stats.set_database_error(None);
-                    backoff = WriteRetry::default();
+                    backoff.reset();
                     break;
                 }
                 Ok(WriteOutcome::Fenced { partition, stored }) => {
@@ -423,6 +423,10 @@ impl Default for WriteRetry {
 impl WriteRetry {
     fn failures(&self) -> u32 {
         self.0.failures()
+    }
+
+    fn reset(&mut self) {
+        self.0.reset();
     }
 
     async fn wait(&mut self, stats: &Stats, error: &str) {

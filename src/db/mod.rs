@@ -290,11 +290,6 @@ impl Writer {
         self.client.is_closed()
     }
 
-    /// The plain connection, for statements of its own.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Stores `rows` and advances the partitions' stored offsets, in one transaction: either
     /// all of it is committed or none. Rows go by binary COPY straight into `system_metrics`;
     /// if one of them is stored already, the transaction is rolled back and the batch goes
