@@ -144,6 +144,21 @@ try {
     throw new Error(`#writer-rows-written is "${rowsWritten}", not a number`);
   }
 
+  const actors = await page.$$eval('.actor', (cards) =>
+    cards.map((card) => ({
+      actor: card.dataset.actor,
+      title: card.querySelector('h3').textContent.trim(),
+      records: card.querySelector('[data-field="records"]').textContent.trim(),
+    })),
+  );
+  const expectedActors = [['consumer', 'Consumer'], ['validator', 'Validator'], ['writer', 'Writer']];
+  if (
+    actors.length !== expectedActors.length ||
+    actors.some((a, i) => a.actor !== expectedActors[i][0] || a.title !== expectedActors[i][1] || !/^\d[\d,.\u00a0\u202f ]*$/.test(a.records))
+  ) {
+    throw new Error(`actor cards: ${JSON.stringify(actors)}`);
+  }
+
   // 4. Chart.js drew both charts, each with at least one series.
   const charts = await page.evaluate(() => {
     const out = {};

@@ -16,6 +16,7 @@
   var THROUGHPUT_SPAN_MS = 120000;
   var MAX_CHARTED_PODS = 20;
   var ACTORS = ['consumer', 'validator', 'writer'];
+  var ACTOR_TITLES = { consumer: 'Consumer', validator: 'Validator', writer: 'Writer' };
 
   // Window → span, bucket (at most ~200 points per series) and x-axis tick spacing.
   var WINDOWS = {
@@ -306,6 +307,18 @@
       throughputChart.options.scales.x.max = now;
       updateChart(throughputChart);
     }
+  }
+
+  // One card per actor, from the page's template, where the template stands.
+  function buildActorCards() {
+    var template = $('actor-card');
+    if (!template) { return; }
+    ACTORS.forEach(function (name) {
+      var card = template.content.firstElementChild.cloneNode(true);
+      card.setAttribute('data-actor', name);
+      card.querySelector('h3').textContent = ACTOR_TITLES[name];
+      template.parentNode.insertBefore(card, template);
+    });
   }
 
   function renderActor(name, report) {
@@ -732,6 +745,7 @@
   // ---------------------------------------------------------------- start
 
   function start() {
+    buildActorCards();
     restoreFiltersFromUrl();
     var form = $('filters');
     if (form) {
