@@ -20,6 +20,7 @@ fn rows(count: usize) -> Vec<ValidMetric> {
     let mut simulator = Simulator::new(500, 1);
     let rules = Rules {
         max_future_skew_ms: 0,
+        max_age_ms: None,
     };
     let mut rows = Vec::with_capacity(count);
     let mut ts = 1_730_707_200_000;

@@ -1126,6 +1126,7 @@ async fn drain(
 fn parse_all(messages: &Messages) -> anyhow::Result<Vec<ValidMetric>> {
     let rules = Rules {
         max_future_skew_ms: 300_000,
+        max_age_ms: None,
     };
     let now = now_ms();
     (0..messages.index.len())
@@ -1306,6 +1307,7 @@ async fn naive(
         .await?;
     let rules = Rules {
         max_future_skew_ms: 300_000,
+        max_age_ms: None,
     };
     let limit = Duration::from_secs(settings.naive_secs);
     let mut started: Option<Instant> = None;

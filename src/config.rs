@@ -47,6 +47,11 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "metrics.system.dlq")]
     pub kafka_dlq_topic: String,
 
+    /// Partitions of the dead-letter topic when Panopticon creates it at start-up (it does so
+    /// only where the topic is missing; the replication factor is the broker's default).
+    #[arg(long, env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub kafka_dlq_partitions: i32,
+
     /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
     /// override Panopticon's own consumer defaults.
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]

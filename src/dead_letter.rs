@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::Backoff;
+use crate::stats::{HeldPartition, Stats};
 
 /// Header names of a dead letter.
 pub const REASON_HEADER: &str = "panopticon-reason";
@@ -45,6 +49,8 @@ impl DeadLetters {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("client.id", "panopticon-dead-letters")
+            // Missing, the topic is made at start-up with its own settings, or reported.
+            .set("allow.auto.create.topics", "false")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
@@ -61,8 +67,9 @@ impl DeadLetters {
     }
 
     /// Sends every letter and returns once the broker has acknowledged all of them, retrying
-    /// the failed ones with backoff for as long as it takes: the caller's offsets wait.
-    pub async fn send_all(&self, letters: &[DeadLetter<'_>]) {
+    /// the failed ones with backoff for as long as it takes: the caller's offsets wait. While
+    /// they wait, `stats` shows the partitions held and why.
+    pub async fn send_all(&self, letters: &[DeadLetter<'_>], stats: &Stats) {
         let mut pending: Vec<&DeadLetter<'_>> = letters.iter().collect();
         let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         while !pending.is_empty() {
@@ -110,6 +117,20 @@ impl DeadLetters {
                     failed.push((letter, e));
                 }
             }
+            stats.hold_partitions(
+                failed
+                    .iter()
+                    .map(|(letter, e)| HeldPartition {
+                        partition: letter.partition,
+                        offset: letter.offset,
+                        reason: format!(
+                            "dead letter not acknowledged by topic {}: {e}",
+                            self.topic
+                        ),
+                    })
+                    .collect(),
+                letters.iter().map(|letter| letter.partition),
+            );
             if let Some((_, e)) = failed.first() {
                 let delay = backoff.next_delay();
                 log::warn!(
@@ -123,4 +144,57 @@ impl DeadLetters {
             pending = failed.into_iter().map(|(letter, _)| letter).collect();
         }
     }
+}
+
+/// Whether the dead-letter topic exists, making it if it does not: `Ok(true)` when this call
+/// created it. The broker's own default replication factor is used (`-1`, Kafka 2.4 and later).
+pub async fn ensure_topic(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<bool, String> {
+    let admin: AdminClient<DefaultClientContext> =
+        // The admin client is a producer to librdkafka, whose metadata requests would
+        // otherwise let a broker auto-create the topic with its own defaults.
+        config
+            .clone()
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(|e| format!("admin client: {e}"))?;
+    let probe = topic.to_owned();
+    let admin = std::sync::Arc::new(admin);
+    let metadata_admin = admin.clone();
+    let exists = tokio::task::spawn_blocking(move || {
+        metadata_admin
+            .inner()
+            .fetch_metadata(Some(&probe), Duration::from_secs(10))
+            .map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == probe && t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot read the topic's metadata: {e}"))?;
+    if exists {
+        return Ok(false);
+    }
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
+            Err((_, code)) => return Err(format!("the broker refused to create it: {code}")),
+        }
+    }
+    Ok(true)
 }

@@ -19,6 +19,10 @@ pub struct Rules {
     /// How far past "now" a timestamp may lie, in milliseconds. Clocks on nodes drift; a
     /// timestamp further ahead is a bug in the sender and would sort above every real sample.
     pub max_future_skew_ms: i64,
+    /// How far in the past a timestamp may lie, in milliseconds; `None`: any past is valid.
+    /// Set to the TimescaleDB retention window, so that a metric the retention job would drop
+    /// is rejected instead of being stored, acknowledged and then deleted.
+    pub max_age_ms: Option<i64>,
 }
 
 /// A metric that passed every check, ready to be stored.
@@ -167,10 +171,11 @@ pub enum Reason {
     TooLong,
     ControlCharacter,
     FutureTimestamp,
+    TooOld,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::NotAnObject,
@@ -181,6 +186,7 @@ impl Reason {
         Reason::TooLong,
         Reason::ControlCharacter,
         Reason::FutureTimestamp,
+        Reason::TooOld,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -195,6 +201,7 @@ impl Reason {
             Reason::TooLong => "too_long",
             Reason::ControlCharacter => "control_character",
             Reason::FutureTimestamp => "future_timestamp",
+            Reason::TooOld => "too_old",
         }
     }
 
@@ -282,6 +289,18 @@ fn timestamp_field(value: Json<'_>, rules: &Rules, now_ms: i64) -> Result<i64, R
                 rules.max_future_skew_ms
             ),
         ));
+    }
+    if let Some(max_age_ms) = rules.max_age_ms {
+        let oldest = now_ms.saturating_sub(max_age_ms);
+        if time_ms < oldest {
+            return Err(Rejection::new(
+                Reason::TooOld,
+                format!(
+                    "`timestamp` {time_ms} lies {} ms in the past, beyond the retention window of {max_age_ms} ms: the retention job would delete it",
+                    now_ms - time_ms
+                ),
+            ));
+        }
     }
     Ok(time_ms)
 }
@@ -431,6 +450,7 @@ mod tests {
     const NOW_MS: i64 = 1_764_000_000_000;
     const RULES: Rules = Rules {
         max_future_skew_ms: 300_000,
+        max_age_ms: None,
     };
 
     fn parse(payload: &str) -> Result<ValidMetric, Rejection> {
@@ -524,6 +544,36 @@ mod tests {
         assert!(parse(&with("timestamp", "0")).is_ok());
         assert!(parse(&with("timestamp", &(NOW_MS + 300_000).to_string())).is_ok());
         assert!(parse(&with("nodeName", &format!("\"{}\"", "é".repeat(253)))).is_ok());
+    }
+
+    #[test]
+    fn a_metric_older_than_the_retention_window_is_too_old() {
+        let day_ms = 86_400_000;
+        let rules = Rules {
+            max_age_ms: Some(30 * day_ms),
+            ..RULES
+        };
+        let at = |ms: i64| {
+            ValidMetric::parse(
+                with("timestamp", &ms.to_string()).as_bytes(),
+                &rules,
+                NOW_MS,
+            )
+        };
+        assert_eq!(
+            at(NOW_MS - 30 * day_ms - 1).unwrap_err().reason,
+            Reason::TooOld
+        );
+        assert_eq!(at(1_730_707_200_000).unwrap_err().reason, Reason::TooOld);
+        assert!(
+            at(NOW_MS - 30 * day_ms).is_ok(),
+            "the window's edge is inside"
+        );
+        assert!(at(NOW_MS).is_ok());
+        assert!(
+            parse(&with("timestamp", "0")).is_ok(),
+            "no window: any past is valid"
+        );
     }
 
     #[test]

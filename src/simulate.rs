@@ -188,6 +188,7 @@ mod tests {
         let mut simulator = Simulator::new(50, 7);
         let rules = Rules {
             max_future_skew_ms: 0,
+            max_age_ms: None,
         };
         let mut seen = 0;
         for round in 0..20 {

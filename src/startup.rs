@@ -19,7 +19,7 @@ use crate::actors::validator::Validator;
 use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{self, DeadLetters};
 use crate::domain::Rules;
 use crate::http::api::ApiState;
 use crate::stats::Stats;
@@ -156,8 +156,18 @@ async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
-    connect_database(settings, &stats).await;
+    let storage = connect_database(settings, &stats).await;
+    // Where a retention job drops old chunks, a metric older than its window would be stored,
+    // acknowledged, then deleted: the validator rejects it instead.
+    let max_age_ms = match settings.timescale_retention.0 {
+        Some(seconds) if storage.hypertable => Some(seconds.saturating_mul(1000)),
+        _ => None,
+    };
+    if let Ok(mut slot) = stats.max_age_ms.lock() {
+        *slot = max_age_ms;
+    }
     let consumer = connect_kafka(settings, stats.clone()).await?;
+    ensure_dead_letter_topic(settings, stats.clone()).await;
     let dead_letters = DeadLetters::new(
         &settings.kafka_brokers,
         &settings.kafka_dlq_topic,
@@ -187,6 +197,7 @@ async fn start_pipeline(
     let validator = Validator::new(
         Rules {
             max_future_skew_ms: settings.max_future_skew_ms,
+            max_age_ms,
         },
         writer_addr.clone(),
         dead_letters,
@@ -206,14 +217,15 @@ async fn start_pipeline(
 }
 
 /// Connects, migrates and prepares the storage, retrying with backoff; logs the failure once,
-/// then again only when it changes or a minute has passed.
-async fn connect_database(settings: &Settings, stats: &Stats) {
+/// then again only when it changes or a minute has passed. Answers with the storage found.
+async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
     let url = &settings.database_url;
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
             db::migrate(url).await?;
             let client = db::connect(url).await?;
+            db::timescale::adopt(&client).await?;
             let storage = db::describe_storage(&client).await?;
             Ok::<_, db::DbError>((client, storage))
         };
@@ -237,10 +249,10 @@ async fn connect_database(settings: &Settings, stats: &Stats) {
                         .store(lifecycle.continuous_aggregate, Ordering::Relaxed);
                 }
                 if let Ok(mut slot) = stats.storage.lock() {
-                    *slot = Some(storage.description);
+                    *slot = Some(storage.description.clone());
                 }
                 stats.set_database_error(None);
-                return;
+                return storage;
             }
             Err(e) => {
                 stats.set_database_error(Some(e.to_string()));
@@ -249,6 +261,57 @@ async fn connect_database(settings: &Settings, stats: &Stats) {
         }
     }
 }
+
+/// Creates the dead-letter topic where it is missing, as Kafka Connect does: without it the
+/// first invalid message would hold its partition. Where the broker refuses, says so in one
+/// ERROR line, keeps `/ready` at 503 and tries again in the background until the topic exists.
+async fn ensure_dead_letter_topic(settings: &Settings, stats: Arc<Stats>) {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("client.id", "panopticon-admin");
+    let topic = settings.kafka_dlq_topic.clone();
+    let partitions = settings.kafka_dlq_partitions;
+    let error = match dead_letter::ensure_topic(&config, &topic, partitions).await {
+        Ok(created) => {
+            if created {
+                log::info!("created dead-letter topic topic={topic} partitions={partitions}");
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    log::error!(
+        "dead-letter topic {topic} is missing and cannot be created ({error}); create it \
+         (kafka-topics.sh --create --topic {topic} --partitions {partitions}) or allow this client to create topics: \
+         until then a partition holding an invalid message waits and /ready answers 503"
+    );
+    stats.set_dead_letter_topic_error(Some(format!(
+        "dead-letter topic {topic} is missing and cannot be created: {error}"
+    )));
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(DEAD_LETTER_TOPIC_RECHECK);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if stats.dead_letter_topic_error().is_none() {
+                return;
+            }
+            if let Ok(created) = dead_letter::ensure_topic(&config, &topic, partitions).await {
+                if created {
+                    log::info!("created dead-letter topic topic={topic} partitions={partitions}");
+                } else {
+                    log::info!("dead-letter topic {topic} exists now");
+                }
+                stats.set_dead_letter_topic_error(None);
+                return;
+            }
+        }
+    });
+}
+
+/// How often a dead-letter topic that could not be created is looked for again.
+const DEAD_LETTER_TOPIC_RECHECK: Duration = Duration::from_secs(15);
 
 /// Creates the consumer and waits until a broker answers.
 async fn connect_kafka(

@@ -85,6 +85,15 @@ impl PartitionReport {
     }
 }
 
+/// A partition whose stored offset waits for a dead letter the broker has not acknowledged.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldPartition {
+    pub partition: i32,
+    /// Offset of the message waiting to be dead-lettered.
+    pub offset: i64,
+    pub reason: String,
+}
+
 /// Everything `/status` reports, updated by the actors as they work.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -94,6 +103,10 @@ pub struct Stats {
     rejected: [AtomicU64; Reason::ALL.len()],
     /// Messages sent to the dead-letter topic and acknowledged by the broker.
     pub dead_lettered: AtomicU64,
+    /// Partitions held because their dead letters are not acknowledged yet, by partition.
+    pub held_partitions: Mutex<BTreeMap<i32, HeldPartition>>,
+    /// Why the dead-letter topic is not usable (missing and cannot be created), if it is not.
+    pub dead_letter_topic_error: Mutex<Option<String>>,
     /// Rows skipped by the database because the same metric was stored already.
     pub duplicates_skipped: AtomicU64,
     /// Rows dropped because their partition moved to another instance or they were stored.
@@ -115,6 +128,9 @@ pub struct Stats {
     pub storage: Mutex<Option<String>>,
     /// True when `system_metrics` is a TimescaleDB hypertable (the API uses `time_bucket`).
     pub timescale: AtomicBool,
+    /// The oldest a metric may be, in milliseconds before now, where a retention job would
+    /// delete anything older (TimescaleDB only); `None`: any past is accepted.
+    pub max_age_ms: Mutex<Option<i64>>,
     /// True when the 1-minute continuous aggregate exists (TimescaleDB only).
     pub continuous_aggregate: AtomicBool,
     /// Per-second samples of the actors' record counters, for rates.
@@ -203,6 +219,44 @@ impl Stats {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// The partitions of `sending` now wait for the dead letters in `held`; those of `sending`
+    /// not in `held` no longer wait.
+    pub fn hold_partitions(
+        &self,
+        held: Vec<HeldPartition>,
+        sending: impl IntoIterator<Item = i32>,
+    ) {
+        let Ok(mut partitions) = self.held_partitions.lock() else {
+            return;
+        };
+        for partition in sending {
+            partitions.remove(&partition);
+        }
+        for hold in held {
+            partitions.entry(hold.partition).or_insert(hold);
+        }
+    }
+
+    pub fn held_partitions(&self) -> Vec<HeldPartition> {
+        self.held_partitions
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn set_dead_letter_topic_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.dead_letter_topic_error.lock() {
+            *slot = error;
+        }
+    }
+
+    pub fn dead_letter_topic_error(&self) -> Option<String> {
+        self.dead_letter_topic_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
     }
 
     pub fn set_database_error(&self, error: Option<String>) {

@@ -12,6 +12,7 @@ fn fluent_bit_records_are_valid_metrics() {
     let text = std::fs::read_to_string(path).expect("sample records");
     let rules = Rules {
         max_future_skew_ms: 300_000,
+        max_age_ms: None,
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut checked = 0;

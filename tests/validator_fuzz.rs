@@ -17,6 +17,7 @@ use serde_json::{Map, Number, Value};
 const NOW_MS: i64 = 1_764_000_000_000;
 const RULES: Rules = Rules {
     max_future_skew_ms: 300_000,
+    max_age_ms: None,
 };
 
 const FIELDS: [&str; 7] = [
@@ -62,7 +63,8 @@ fn type_verdict<T>(value: Option<&Value>) -> Verdict<T> {
 }
 
 /// `timestamp`: a JSON number of Unix milliseconds, ≥ 0 (a fraction is cut off), at most
-/// `max_future_skew_ms` ahead of `now_ms`.
+/// `max_future_skew_ms` ahead of `now_ms`, and, where there is a window, at most `max_age_ms`
+/// behind it.
 fn timestamp_verdict(value: Option<&Value>, rules: &Rules, now_ms: i64) -> Verdict<i64> {
     let Some(Value::Number(n)) = value else {
         return type_verdict(value);
@@ -87,6 +89,11 @@ fn timestamp_verdict(value: Option<&Value>, rules: &Rules, now_ms: i64) -> Verdi
         invalid(&[Reason::OutOfRange, Reason::FutureTimestamp])
     } else if ms > limit {
         invalid(&[Reason::FutureTimestamp])
+    } else if rules
+        .max_age_ms
+        .is_some_and(|age| ms < now_ms as i128 - age as i128)
+    {
+        invalid(&[Reason::TooOld])
     } else {
         Verdict::Valid(ms as i64)
     }
@@ -277,6 +284,13 @@ fn check_contract(
             prop_assert!(metric.time_ms() >= 0, "{:?}", metric);
             prop_assert!(
                 metric.time_ms() as i128 <= now_ms as i128 + rules.max_future_skew_ms as i128,
+                "{:?}",
+                metric
+            );
+            prop_assert!(
+                rules
+                    .max_age_ms
+                    .is_none_or(|age| metric.time_ms() as i128 >= now_ms as i128 - age as i128),
                 "{:?}",
                 metric
             );
@@ -542,11 +556,17 @@ fn arb_clock() -> impl Strategy<Value = (i64, Rules)> {
         1 => 0i64..=86_400_000,
         1 => Just(i64::MAX),
     ];
-    (now, skew).prop_map(|(now, skew)| {
+    let age = prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(30 * 86_400_000i64)),
+        1 => (0i64..=4_102_444_800_000).prop_map(Some),
+    ];
+    (now, skew, age).prop_map(|(now, skew, age)| {
         (
             now,
             Rules {
                 max_future_skew_ms: skew,
+                max_age_ms: age,
             },
         )
     })

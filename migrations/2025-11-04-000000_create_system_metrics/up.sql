@@ -27,11 +27,14 @@ CREATE TABLE kafka_offsets (
 );
 
 -- TimescaleDB where the server offers it; a plain table otherwise. The extension can be
--- listed as available and still fail to load (not in shared_preload_libraries, no privilege):
--- that too leaves a plain table, and the service logs which it got.
+-- listed as available and still be unusable. Not in shared_preload_libraries, CREATE EXTENSION
+-- ends the connection with FATAL, which no EXCEPTION block catches: so it is only tried where
+-- the library is preloaded. Any other failure (no privilege) leaves a plain table too, and the
+-- service logs which it got and what is missing.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND current_setting('shared_preload_libraries') ~ '(^|[\s,"/])timescaledb($|[\s,"])' THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
             PERFORM create_hypertable('system_metrics', 'time',

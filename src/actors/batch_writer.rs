@@ -380,14 +380,17 @@ async fn store(
                     let payload = serde_json::to_vec(&row.to_wire()).unwrap_or_default();
                     let detail = e.to_string();
                     dead_letters
-                        .send_all(&[DeadLetter {
-                            key: Some(row.pod_name().as_bytes()),
-                            payload: &payload,
-                            reason: "database_rejected",
-                            detail: &detail,
-                            partition,
-                            offset,
-                        }])
+                        .send_all(
+                            &[DeadLetter {
+                                key: Some(row.pod_name().as_bytes()),
+                                payload: &payload,
+                                reason: "database_rejected",
+                                detail: &detail,
+                                partition,
+                                offset,
+                            }],
+                            stats,
+                        )
                         .await;
                     stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     rejected.push(start);

@@ -211,7 +211,8 @@ impl Handler<RawChunk> for Validator {
                             }
                         })
                         .collect();
-                    dead_letters.send_all(&letters).await;
+                    dead_letters.send_all(&letters, &stats).await;
+                    stats.set_dead_letter_topic_error(None);
                     stats
                         .dead_lettered
                         .fetch_add(letters.len() as u64, Ordering::Relaxed);

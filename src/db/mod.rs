@@ -165,38 +165,34 @@ pub struct Storage {
     pub description: String,
 }
 
-/// Says whether rows go to a TimescaleDB hypertable or a plain PostgreSQL table.
+/// Says whether rows go to a TimescaleDB hypertable or a plain PostgreSQL table, and why a
+/// plain table where the server has TimescaleDB.
 pub async fn describe_storage(client: &Client) -> Result<Storage, DbError> {
-    let row = client
-        .query_one(
-            "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
-                    to_regclass('timescaledb_information.hypertables') IS NOT NULL",
-            &[],
-        )
-        .await?;
-    let version: Option<String> = row.get(0);
-    let Some(version) = version else {
-        return Ok(Storage {
-            hypertable: false,
-            description: "plain PostgreSQL table (timescaledb extension not available)".into(),
-        });
+    let server = timescale::ServerState::read(client).await?;
+    let plain = |why: String| Storage {
+        hypertable: false,
+        description: format!("plain PostgreSQL table ({why})"),
     };
-    let hypertable: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables
-                            WHERE hypertable_name = 'system_metrics')",
-            &[],
-        )
-        .await?
-        .get(0);
-    let description = if hypertable {
-        format!("TimescaleDB {version} hypertable")
+    let Some(available) = &server.available else {
+        return Ok(plain("timescaledb extension not available".into()));
+    };
+    if !server.preloaded {
+        return Ok(plain(format!(
+            "TimescaleDB {available} installed but not in shared_preload_libraries"
+        )));
+    }
+    let Some(version) = &server.created else {
+        return Ok(plain(format!(
+            "TimescaleDB {available} available, extension not created"
+        )));
+    };
+    Ok(if server.hypertable {
+        Storage {
+            hypertable: true,
+            description: format!("TimescaleDB {version} hypertable"),
+        }
     } else {
-        format!("plain PostgreSQL table (TimescaleDB {version} present, not a hypertable)")
-    };
-    Ok(Storage {
-        hypertable,
-        description,
+        plain(format!("TimescaleDB {version} present, not a hypertable"))
     })
 }
 

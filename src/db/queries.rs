@@ -266,8 +266,13 @@ impl Aggregate {
     }
 }
 
+/// Where series buckets start, on both storages: the Unix epoch.
+const BUCKET_ORIGIN: &str = "TIMESTAMPTZ '1970-01-01 00:00:00+00'";
+
 /// Time-bucketed aggregates, ordered by group then time. Buckets are aligned to the epoch
-/// whatever the source.
+/// whatever the source: `time_bucket` is given the origin, since its own default is
+/// 2000-01-03, where a size that does not divide a day (7 minutes) or a week would start
+/// elsewhere than `date_bin`'s.
 pub async fn series(
     pool: &DbPool,
     filters: &Filters,
@@ -279,21 +284,21 @@ pub async fn series(
     let mut conn = connection(pool).await?;
     let (bucket, table, time, cpu, memory) = match (source, aggregate.over_minutes("cpu")) {
         (SeriesSource::MinuteAggregate, Some(cpu)) => (
-            "time_bucket($1::interval, bucket)",
+            format!("time_bucket($1::interval, bucket, {BUCKET_ORIGIN})"),
             super::timescale::AGGREGATE,
             "bucket",
             cpu,
             aggregate.over_minutes("memory").unwrap_or_default(),
         ),
         (SeriesSource::Hypertable | SeriesSource::MinuteAggregate, _) => (
-            "time_bucket($1::interval, time)",
+            format!("time_bucket($1::interval, time, {BUCKET_ORIGIN})"),
             "system_metrics",
             "time",
             aggregate.sql("cpu"),
             aggregate.sql("memory"),
         ),
         (SeriesSource::Rows, _) => (
-            "date_bin($1::interval, time, TIMESTAMPTZ '1970-01-01 00:00:00+00')",
+            format!("date_bin($1::interval, time, {BUCKET_ORIGIN})"),
             "system_metrics",
             "time",
             aggregate.sql("cpu"),

@@ -9,11 +9,138 @@
 use tokio_postgres::Client;
 
 use crate::config::PolicyAge;
+use crate::db::DbError;
 
 /// Name of the continuous aggregate.
 pub const AGGREGATE: &str = "system_metrics_1m";
 
 const LOCK_KEY: i64 = 0x5041_4e4f_5054_4944;
+
+/// The statement that turns a plain `system_metrics` holding rows into a hypertable; the
+/// service runs it itself only on an empty table, since it rewrites every row under a lock.
+pub const CONVERT_STATEMENT: &str = "SELECT create_hypertable('system_metrics', 'time', \
+     chunk_time_interval => INTERVAL '1 day', migrate_data => true, create_default_indexes => false)";
+
+/// What the server offers of TimescaleDB.
+#[derive(Debug, Clone, Default)]
+pub struct ServerState {
+    /// Version of the installed extension package, if any.
+    pub available: Option<String>,
+    /// Whether `shared_preload_libraries` lists it: without that, `CREATE EXTENSION` ends the
+    /// connection with FATAL "extension must be preloaded".
+    pub preloaded: bool,
+    /// Version of the extension created in this database, if it is.
+    pub created: Option<String>,
+    /// Whether `system_metrics` is a hypertable.
+    pub hypertable: bool,
+}
+
+impl ServerState {
+    pub async fn read(client: &Client) -> Result<ServerState, DbError> {
+        let row = client
+            .query_one(
+                r#"SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+                          current_setting('shared_preload_libraries') ~ '(^|[\s,"/])timescaledb($|[\s,"])',
+                          (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
+                          to_regclass('timescaledb_information.hypertables') IS NOT NULL"#,
+                &[],
+            )
+            .await?;
+        let mut state = ServerState {
+            available: row.get(0),
+            preloaded: row.get(1),
+            created: row.get(2),
+            hypertable: false,
+        };
+        if state.created.is_some() && row.get::<_, bool>(3) {
+            state.hypertable = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables
+                                    WHERE hypertable_name = 'system_metrics')",
+                    &[],
+                )
+                .await?
+                .get(0);
+        }
+        Ok(state)
+    }
+}
+
+/// Makes `system_metrics` a hypertable where TimescaleDB became usable after the table was
+/// made plain (installed or preloaded later): an empty table is converted, one holding rows is
+/// left as it is with a WARN naming the statement that converts it. Where TimescaleDB is
+/// installed but not preloaded, says so in one WARN line with the fix. Runs under the
+/// lifecycle's advisory lock, so instances starting together convert once.
+pub async fn adopt(client: &Client) -> Result<(), DbError> {
+    let state = ServerState::read(client).await?;
+    let Some(available) = &state.available else {
+        return Ok(());
+    };
+    if state.hypertable {
+        return Ok(());
+    }
+    if !state.preloaded {
+        log::warn!(
+            "TimescaleDB {available} is installed on the database server but not loaded, so system_metrics stays a plain PostgreSQL table: \
+             add shared_preload_libraries = 'timescaledb' to postgresql.conf (or run timescaledb-tune) and restart PostgreSQL to use it"
+        );
+        return Ok(());
+    }
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = convert_if_empty(client).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result
+}
+
+async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
+    if let Err(e) = client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        .await
+    {
+        log::warn!(
+            "TimescaleDB is loaded but its extension cannot be created, so system_metrics stays a plain PostgreSQL table: {}; \
+             run CREATE EXTENSION timescaledb as a superuser to use it",
+            DbError::from(e)
+        );
+        return Ok(());
+    }
+    // Read again: another instance may have converted it while this one waited for the lock.
+    let state = ServerState::read(client).await?;
+    if state.hypertable {
+        return Ok(());
+    }
+    let empty: bool = client
+        .query_one("SELECT NOT EXISTS (SELECT 1 FROM system_metrics)", &[])
+        .await?
+        .get(0);
+    if !empty {
+        log::warn!(
+            "system_metrics is a plain PostgreSQL table holding rows although TimescaleDB is now available; it stays plain. \
+             To convert it, which rewrites every row and locks the table meanwhile, run: {CONVERT_STATEMENT};"
+        );
+        return Ok(());
+    }
+    match client
+        .batch_execute(
+            "SELECT create_hypertable('system_metrics', 'time', \
+             chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)",
+        )
+        .await
+    {
+        Ok(()) => log::info!(
+            "system_metrics converted to a TimescaleDB hypertable (it was an empty plain table)"
+        ),
+        Err(e) => log::warn!(
+            "system_metrics stays a plain PostgreSQL table: converting it failed: {}",
+            DbError::from(e)
+        ),
+    }
+    Ok(())
+}
 
 /// What was set up; a step that failed is logged and left out.
 #[derive(Debug, Default, Clone, Copy)]

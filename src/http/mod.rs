@@ -39,6 +39,9 @@ fn not_ready_reason(stats: &Stats) -> Option<String> {
     if !stats.consumer_joined.load(Ordering::Relaxed) {
         return Some("Kafka consumer has not joined its group yet".into());
     }
+    if let Some(e) = stats.dead_letter_topic_error() {
+        return Some(e);
+    }
     let assigned = stats.partitions.lock().map(|p| p.len()).unwrap_or(0);
     if assigned == 0 {
         return Some("no Kafka partition is assigned to this instance".into());
@@ -111,6 +114,18 @@ fn backpressure(stats: &Stats) -> (&'static str, String) {
     ("ok", "keeping up".into())
 }
 
+/// The window outside which metrics are rejected as `too_old`, or `null` where none is.
+fn retention_window(stats: &Stats) -> serde_json::Value {
+    let max_age_ms = stats.max_age_ms.lock().ok().and_then(|m| *m);
+    match max_age_ms {
+        None => serde_json::Value::Null,
+        Some(ms) => json!({
+            "seconds": ms / 1000,
+            "oldest_accepted": chrono::Utc::now() - chrono::Duration::milliseconds(ms),
+        }),
+    }
+}
+
 async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
     let (state, reason) = backpressure(&stats);
     let partitions = stats
@@ -135,6 +150,9 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
             "invalid_total": stats.rejected_total(),
             "invalid_by_reason": stats.rejections(),
             "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
+            "retention_window": retention_window(&stats),
+            "dead_letter_topic_error": stats.dead_letter_topic_error(),
+            "held_partitions": stats.held_partitions(),
         },
         "writer": {
             "actor": ActorReport::new(&stats.writer, writer_rates),

@@ -109,14 +109,19 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with [`PARTITIONS`] partitions, and its dead-letter topic `<name>.dlq`.
 pub async fn create_topic(name: &str) {
+    let dlq = format!("{name}.dlq");
+    create_topics(&[(name, PARTITIONS), (dlq.as_str(), 1)]).await;
+}
+
+/// Creates each topic with its number of partitions.
+pub async fn create_topics(topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .create()
         .expect("admin client");
-    let dlq = format!("{name}.dlq");
     // One topic a request: tansu answers only the first topic of a multi-topic request.
-    for (topic, partitions) in [(name, PARTITIONS), (dlq.as_str(), 1)] {
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (topic, partitions) in topics {
+        let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(1));
         let results = admin
             .create_topics(
                 [&new],
@@ -128,6 +133,23 @@ pub async fn create_topic(name: &str) {
             result.expect("topic created");
         }
     }
+}
+
+/// The topics the broker knows.
+pub fn topic_names() -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("metadata client");
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata")
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_owned())
+        .collect()
 }
 
 /// A producer of one record a batch. tansu 0.6 answers a fetch that starts inside a record

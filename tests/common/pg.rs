@@ -156,6 +156,17 @@ impl OwnPostgres {
         self.running = false;
     }
 
+    /// Appends settings to the server's `postgresql.conf`; they apply from the next start.
+    pub fn configure(&self, settings: &str) {
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", conf.display()));
+        text.push('\n');
+        text.push_str(settings);
+        text.push('\n');
+        std::fs::write(&conf, text).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+    }
+
     /// Runs SQL with psql against `database` and returns its unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let mut psql = self.command("psql");
@@ -376,4 +387,28 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Whether the server binaries the harness uses have the TimescaleDB extension installed (its
+/// control file in their share directory), so that a server of the test's own can preload it.
+/// The share directory lies where PostgreSQL looks for it, relative to the binaries:
+/// `<root>/lib/postgresql/<version>/bin` has `<root>/share/postgresql/<version>`.
+pub fn timescaledb_installed() -> bool {
+    let bin = server_bin();
+    let Some(version_dir) = bin.parent() else {
+        return false;
+    };
+    let (Some(version), Some(root)) = (
+        version_dir.file_name(),
+        version_dir
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent),
+    ) else {
+        return false;
+    };
+    root.join("share/postgresql")
+        .join(version)
+        .join("extension/timescaledb.control")
+        .exists()
 }

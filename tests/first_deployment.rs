@@ -1,0 +1,383 @@
+//! What a first deployment against an existing Kafka and PostgreSQL meets: a dead-letter topic
+//! nobody created, a broker that will not create it, TimescaleDB installed but not preloaded
+//! (or preloaded only later), a retention window older back-fill would fall out of, and series
+//! buckets that must start at the same times on both storages.
+//!
+//! The TimescaleDB cases run on a server of the test's own where the extension is installed,
+//! and say that they were skipped where it is not.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::{OwnPostgres, timescaledb_installed};
+use common::{TestApp, TestDatabase};
+
+/// The original guide's flow on a broker where only `metrics.system` was created by hand: a
+/// malformed message, then good ones. The service creates the dead-letter topic itself, so the
+/// bad message is dead-lettered and the good ones behind it are stored.
+#[tokio::test]
+async fn without_a_dead_letter_topic_the_guide_flow_stores_the_good_metrics() {
+    let topic = common::unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    common::create_topics(&[(topic.as_str(), 1)]).await;
+    assert!(
+        !common::topic_names().contains(&dlq),
+        "the broker made the dead-letter topic by itself"
+    );
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &db));
+    assert!(
+        app.wait_for_log(
+            &format!("created dead-letter topic topic={dlq} partitions=1"),
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "no line saying the dead-letter topic was created: {:#?}",
+        app.lines()
+    );
+
+    let producer = common::producer();
+    let now = common::now_ms();
+    let mut payloads = vec![b"{\"timestamp\": not json".to_vec()];
+    for (i, pod) in ["test-pod-001", "test-pod-002", "test-pod-003"]
+        .iter()
+        .enumerate()
+    {
+        payloads.push(common::guide_message(pod, 60.5, 250.0, now + i as i64));
+    }
+    common::produce(&producer, &topic, 0, &payloads).await;
+
+    let stored = common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3).await;
+    assert_eq!(
+        stored, 3,
+        "the good metrics behind the bad one were not stored"
+    );
+    let letters = common::consume_all(&dlq, 1).await;
+    assert_eq!(
+        letters.len(),
+        1,
+        "the bad message was not dead-lettered once"
+    );
+    assert_eq!(
+        common::header(&letters[0], "panopticon-reason").as_deref(),
+        Some("invalid_json")
+    );
+    let status = app
+        .wait_for_status("dead letter acknowledged", |s| {
+            s["validator"]["dead_lettered"] == 1
+        })
+        .await;
+    assert_eq!(
+        status["validator"]["held_partitions"],
+        serde_json::json!([])
+    );
+    assert!(status["validator"]["dead_letter_topic_error"].is_null());
+}
+
+/// A broker that refuses to create topics (no permission): one ERROR line naming the topic and
+/// the fix, `/ready` 503 with the reason, and `/status` showing the partition an invalid
+/// message holds and why. librdkafka's mock cluster stands in for a broker with ACLs, which
+/// tansu does not have.
+#[tokio::test]
+async fn a_broker_refusing_to_create_the_dead_letter_topic_is_reported_and_holds_readiness() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let topic = common::unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    cluster.create_topic(&topic, 1, 1).expect("create topic");
+    cluster.request_errors(
+        RDKafkaApiKey::CreateTopics,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000],
+    );
+    let db = TestDatabase::create().await;
+    let mut env = common::service_env(&topic, &common::unique("g"), &db);
+    env.insert("KAFKA_BROKERS".into(), cluster.bootstrap_servers());
+    let app = TestApp::spawn_consuming(env);
+
+    let line = app
+        .wait_for_log(
+            &format!("dead-letter topic {dlq} is missing and cannot be created"),
+            Duration::from_secs(10),
+        )
+        .expect("no line about the dead-letter topic");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("--create --topic"),
+        "the line names no fix: {line}"
+    );
+    assert_eq!(
+        app.lines_containing("cannot be created").len(),
+        1,
+        "said more than once"
+    );
+    let ready = reqwest::get(app.url("/ready")).await.expect("GET /ready");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert!(
+        body["reason"].as_str().unwrap_or_default().contains(&dlq),
+        "{body}"
+    );
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(&topic)
+                .partition(0)
+                .payload(b"not json".as_slice()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+    let status = app
+        .wait_for_status("the partition held", |s| {
+            s["validator"]["held_partitions"]
+                .as_array()
+                .is_some_and(|held| !held.is_empty())
+        })
+        .await;
+    let held = &status["validator"]["held_partitions"][0];
+    assert_eq!(held["partition"], 0);
+    assert_eq!(held["offset"], 0);
+    assert!(
+        held["reason"].as_str().unwrap_or_default().contains(&dlq),
+        "{held}"
+    );
+    assert!(
+        status["validator"]["dead_letter_topic_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&dlq)),
+        "{status:#}"
+    );
+    assert_eq!(status["ready"], false);
+}
+
+/// Where TimescaleDB's retention job would delete old chunks, a metric older than the window
+/// is rejected as `too_old` and dead-lettered, never stored to be deleted; on plain PostgreSQL
+/// nothing deletes rows, and old metrics are stored.
+#[tokio::test]
+async fn metrics_older_than_the_retention_window_are_rejected_where_retention_deletes_them() {
+    let producer = common::producer();
+    let now = common::now_ms();
+    let day = 86_400_000;
+    let payloads = vec![
+        common::guide_message("backfill-40d", 10.0, 100.0, now - 40 * day),
+        common::guide_message("recent", 20.0, 200.0, now - day),
+    ];
+
+    // Plain PostgreSQL: no retention window, both are stored.
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &db));
+    common::produce(&producer, &topic, 0, &payloads).await;
+    assert_eq!(
+        common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 2).await,
+        2
+    );
+    assert!(app.status().await["validator"]["retention_window"].is_null());
+    drop(app);
+
+    if !timescaledb_installed() {
+        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+        return;
+    }
+    let pg = OwnPostgres::start();
+    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
+    let mut pg = pg;
+    pg.restart();
+    let db = TestDatabase::on(&pg.url());
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &db));
+    let status = app.status().await;
+    assert!(
+        status["database"]["storage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hypertable"),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["validator"]["retention_window"]["seconds"],
+        30 * 86_400
+    );
+    common::produce(&producer, &topic, 0, &payloads).await;
+    let status = app
+        .wait_for_status("both messages handled", |s| {
+            s["writer"]["rows_written"] == 1 && s["validator"]["dead_lettered"] == 1
+        })
+        .await;
+    assert_eq!(status["validator"]["invalid_by_reason"]["too_old"], 1);
+    let pods: Vec<String> = db
+        .client()
+        .await
+        .query("SELECT pod_name FROM system_metrics", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(pods, ["recent"]);
+    let letters = common::consume_all(&format!("{topic}.dlq"), 1).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        common::header(&letters[0], "panopticon-reason").as_deref(),
+        Some("too_old")
+    );
+    assert!(
+        !app.lines_containing("reason=too_old").is_empty(),
+        "the rejection was not logged"
+    );
+}
+
+/// TimescaleDB installed but not in `shared_preload_libraries`: the service starts on a plain
+/// table and says in one WARN line what is missing. Preloaded later, an empty plain table is
+/// converted, and one holding rows is left plain with the statement that converts it.
+#[tokio::test]
+async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_how_to_fix_it() {
+    if !timescaledb_installed() {
+        eprintln!("TimescaleDB is not installed: skipped");
+        return;
+    }
+    let mut pg = OwnPostgres::start();
+    pg.psql("postgres", "CREATE DATABASE holding_rows");
+    let empty = TestDatabase::on(&pg.url());
+    let holding = TestDatabase::on(&pg.url().replace("/panopticon", "/holding_rows"));
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+
+    for db in [&empty, &holding] {
+        let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), db));
+        app.wait_for_status("ready", |s| s["ready"] == true).await;
+        let warnings = app.lines_containing("shared_preload_libraries = 'timescaledb'");
+        assert_eq!(warnings.len(), 1, "{:#?}", app.lines());
+        assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+        let status = app.status().await;
+        assert!(
+            status["database"]["storage"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("installed but not in shared_preload_libraries"),
+            "{status:#}"
+        );
+    }
+    holding
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO system_metrics VALUES (now(), 'svc', 'pod', 1, 2, 'default', 'node')",
+        )
+        .await
+        .expect("insert a row");
+
+    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
+    pg.restart();
+
+    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &empty));
+    assert!(
+        app.wait_for_log(
+            "system_metrics converted to a TimescaleDB hypertable",
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "{:#?}",
+        app.lines()
+    );
+    let status = app.status().await;
+    assert!(
+        status["database"]["storage"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("hypertable"),
+        "{status:#}"
+    );
+    drop(app);
+
+    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &holding));
+    let warning = app
+        .wait_for_log(
+            "plain PostgreSQL table holding rows",
+            Duration::from_secs(10),
+        )
+        .expect("no line about the plain table holding rows");
+    assert!(warning.contains("migrate_data => true"), "{warning}");
+    assert_eq!(
+        holding
+            .count("SELECT count(*) FROM timescaledb_information.hypertables")
+            .await,
+        0,
+        "a table holding rows was converted"
+    );
+    assert_eq!(
+        holding.count("SELECT count(*) FROM system_metrics").await,
+        1
+    );
+}
+
+/// Series buckets start at multiples of their size from the Unix epoch on both storages, also
+/// for sizes that do not divide a day (7 minutes) and for weeks (7 days): TimescaleDB's
+/// `time_bucket` would otherwise align them to 2000-01-03.
+#[tokio::test]
+async fn series_buckets_start_at_the_same_times_on_both_storages() {
+    let main = TestDatabase::create().await;
+    check_bucket_origin(&main, "plain PostgreSQL").await;
+    if !timescaledb_installed() {
+        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+        return;
+    }
+    let mut pg = OwnPostgres::start();
+    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
+    pg.restart();
+    check_bucket_origin(&TestDatabase::on(&pg.url()), "TimescaleDB").await;
+}
+
+async fn check_bucket_origin(db: &TestDatabase, storage: &str) {
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+    let mut env = common::service_env(&topic, &common::unique("g"), db);
+    env.insert("API_MAX_RANGE_HOURS".into(), "720".into());
+    let app = TestApp::spawn_consuming(env);
+    // One sample a minute for 20 days, ending now.
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO system_metrics
+             SELECT date_trunc('minute', now()) - g * INTERVAL '1 minute', 'svc', 'pod', 50, 100, 'default', 'node'
+             FROM generate_series(0, 20 * 1440) g",
+        )
+        .await
+        .expect("seed rows");
+    let to = chrono::Utc::now().timestamp_millis();
+    let from = to - 20 * 86_400_000;
+    for (bucket, seconds) in [("7m", 420), ("7d", 7 * 86_400)] {
+        for agg in ["avg", "p95"] {
+            let url = app.url(&format!(
+                "/api/v1/metrics/series?bucket={bucket}&agg={agg}&group_by=pod&from={from}&to={to}"
+            ));
+            let response = reqwest::get(&url).await.expect("GET series");
+            assert_eq!(response.status(), 200, "{url}");
+            let body: serde_json::Value = response.json().await.expect("JSON");
+            let points = body["series"][0]["points"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{storage}: no points: {body}"));
+            assert!(points.len() > 2, "{storage}: {body}");
+            for point in points {
+                let time = point["time"].as_str().expect("time");
+                let at = chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339");
+                assert_eq!(
+                    at.timestamp() % seconds,
+                    0,
+                    "{storage}: bucket {bucket} ({agg}) starts at {time}, not a multiple of {seconds} s from the epoch"
+                );
+            }
+        }
+    }
+}
