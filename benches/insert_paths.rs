@@ -130,8 +130,8 @@ async fn main() -> anyhow::Result<()> {
     let batch = env_usize("BENCH_BATCH", 5000);
     let database = FreshDatabase::create("inserts").await?;
     let url = database.url.clone();
-    let mut writer = db::Writer::connect(&url).await?;
-    let mut client = db::connect(&url).await?;
+    let mut writer = db::Writer::connect(&url, &Default::default()).await?;
+    let mut client = db::connect(&url, &Default::default()).await?;
     let rows = rows(total);
     let scope = OffsetScope {
         group: "bench".into(),

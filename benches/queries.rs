@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let loading = Instant::now();
     {
-        let client = panopticon::db::connect(&url).await?;
+        let client = panopticon::db::connect(&url, &Default::default()).await?;
         let sink = client
             .copy_in("COPY system_metrics (time, service, pod_name, cpu, memory, namespace, node_name) FROM STDIN (FORMAT csv)")
             .await?;
@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("loaded in {:.0} s", loading.elapsed().as_secs_f64());
 
-    let pool = queries::pool(&url, 2).map_err(anyhow::Error::msg)?;
+    let pool = queries::pool(&url, 2, &Default::default()).map_err(anyhow::Error::msg)?;
     let now = chrono::DateTime::from_timestamp_millis(end + 1).unwrap_or_default();
     let one_pod = Filters {
         pod: Some("pod-042".into()),

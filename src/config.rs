@@ -52,6 +52,11 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub kafka_dlq_partitions: i32,
 
+    /// Longest wait for an answer from a Kafka broker, and for a new connection to one; past
+    /// it the connection is closed and made again (ms). Consumer and dead-letter producer.
+    #[arg(long, env = "KAFKA_SOCKET_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub kafka_socket_timeout_ms: u64,
+
     /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
     /// override Panopticon's own consumer defaults.
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
@@ -64,6 +69,20 @@ pub struct Settings {
         default_value = "postgres://admin:admin123@localhost:5433/panopticon"
     )]
     pub database_url: String,
+
+    /// Longest wait for a new database connection: TCP, TLS, authentication (ms).
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub database_connect_timeout_ms: u64,
+
+    /// Longest wait for the answer to one database round trip (a statement, a COPY, a
+    /// commit); past it the connection is given up and a new one made (ms).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub database_statement_timeout_ms: u64,
+
+    /// TCP keep-alive of database connections: one silent this long is probed, every third of
+    /// it after, and closed after three unanswered probes (ms, whole seconds).
+    #[arg(long, env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
+    pub database_keepalive_ms: u64,
 
     /// Port of the HTTP server (0 picks a free port).
     #[arg(long, env = "HTTP_PORT", default_value_t = 3001)]
@@ -137,6 +156,14 @@ impl Settings {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn database_timeouts(&self) -> crate::db::Timeouts {
+        crate::db::Timeouts {
+            connect: Duration::from_millis(self.database_connect_timeout_ms),
+            statement: Duration::from_millis(self.database_statement_timeout_ms),
+            keepalive: Duration::from_millis(self.database_keepalive_ms),
+        }
     }
 }
 

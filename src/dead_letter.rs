@@ -45,16 +45,23 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str, topic: &str, source_topic: &str) -> KafkaResult<DeadLetters> {
-        let producer = ClientConfig::new()
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        source_topic: &str,
+        socket_timeout_ms: u64,
+    ) -> KafkaResult<DeadLetters> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", "panopticon-dead-letters")
             // Missing, the topic is made at start-up with its own settings, or reported.
             .set("allow.auto.create.topics", "false")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "30000");
+        crate::actors::kafka_consumer::bound_network(&mut config, socket_timeout_ms);
+        let producer = config.create()?;
         Ok(DeadLetters {
             producer,
             topic: topic.to_owned(),

@@ -62,9 +62,12 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { address, source })?
             .port();
-        let pool =
-            crate::db::queries::pool(&settings.database_url, settings.api_db_pool_size as usize)
-                .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
+        let pool = crate::db::queries::pool(
+            &settings.database_url,
+            settings.api_db_pool_size as usize,
+            &settings.database_timeouts(),
+        )
+        .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
         let api = web::Data::new(ApiState {
             pool,
             stats: stats.clone(),
@@ -172,12 +175,14 @@ async fn start_pipeline(
         &settings.kafka_brokers,
         &settings.kafka_dlq_topic,
         &settings.kafka_topic,
+        settings.kafka_socket_timeout_ms,
     )
     .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
     let writer = BatchWriter::new(
         WriterSettings {
             database_url: settings.database_url.clone(),
+            database_timeouts: settings.database_timeouts(),
             max_rows: settings.batch_max_rows as usize,
             max_wait: settings.batch_max_wait(),
             mailbox_capacity: settings.writer_mailbox_capacity as usize,
@@ -220,13 +225,19 @@ async fn start_pipeline(
 /// then again only when it changes or a minute has passed. Answers with the storage found.
 async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
     let url = &settings.database_url;
+    let timeouts = settings.database_timeouts();
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
             db::migrate(url).await?;
-            let client = db::connect(url).await?;
+            let client = db::connect(url, &timeouts).await?;
             db::timescale::adopt(&client).await?;
-            let storage = db::describe_storage(&client).await?;
+            let storage = db::within(
+                timeouts.statement,
+                "the storage check",
+                db::describe_storage(&client),
+            )
+            .await?;
             Ok::<_, db::DbError>((client, storage))
         };
         match attempt.await {

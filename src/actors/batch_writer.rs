@@ -88,6 +88,7 @@ pub struct OffsetsStored(pub Vec<(i32, i64)>);
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     pub database_url: String,
+    pub database_timeouts: db::Timeouts,
     pub max_rows: usize,
     pub max_wait: Duration,
     pub mailbox_capacity: usize,
@@ -211,14 +212,20 @@ impl BatchWriter {
         self.buffer_offsets.reserve(self.settings.max_rows);
         let client = self.client.take();
         let url = self.settings.database_url.clone();
+        let timeouts = self.settings.database_timeouts;
         let scope = self.settings.scope.clone();
         let stats = self.stats.clone();
         let dead_letters = self.dead_letters.clone();
         async move {
             let started = Instant::now();
             let mut batch = batch;
+            let target = Target {
+                url: &url,
+                timeouts: &timeouts,
+                scope: &scope,
+            };
             let (client, rejected) =
-                store(client, &url, &scope, &stats, &dead_letters, &mut batch).await;
+                store(client, &target, &stats, &dead_letters, &mut batch).await;
             (client, batch, rejected, started.elapsed())
         }
         .into_actor(self)
@@ -286,19 +293,29 @@ impl BatchWriter {
     }
 }
 
+/// Where a flush writes.
+struct Target<'a> {
+    url: &'a str,
+    timeouts: &'a db::Timeouts,
+    scope: &'a OffsetScope,
+}
+
 /// Stores the batch, retrying transient failures until they succeed. A fenced write (the
 /// stored offset moved under this writer) is retried without what is already stored. A row
 /// the database refuses is isolated by splitting the batch, dead-lettered with the database's
-/// error, and skipped, so one bad row never blocks its batch. Answers with the connection and
-/// the refused rows' indexes.
+/// error, and skipped, so one bad row never blocks its batch. A connection that stopped
+/// answering is given up and its server session ended from the next one. Answers with the
+/// connection and the refused rows' indexes.
 async fn store(
     mut client: Option<db::Writer>,
-    url: &str,
-    scope: &OffsetScope,
+    target: &Target<'_>,
     stats: &Stats,
     dead_letters: &DeadLetters,
     batch: &mut Batch,
 ) -> (Option<db::Writer>, Vec<usize>) {
+    let scope = target.scope;
+    // The server session of a connection given up, until a new connection has ended it.
+    let mut abandoned: Option<db::Session> = None;
     let mut rejected = Vec::new();
     let mut ranges = vec![(0, batch.rows.len())];
     let mut backoff = WriteRetry::default();
@@ -315,7 +332,7 @@ async fn store(
             }
             let conn = match client.as_mut() {
                 Some(conn) => conn,
-                None => match db::Writer::connect(url).await {
+                None => match db::Writer::connect(target.url, target.timeouts).await {
                     Ok(conn) => client.insert(conn),
                     Err(e) => {
                         backoff.wait(stats, &e.to_string()).await;
@@ -323,6 +340,27 @@ async fn store(
                     }
                 },
             };
+            if let Some(stale) = abandoned.take() {
+                match conn.end_session(stale).await {
+                    Ok(true) => log::info!(
+                        "ended the database session of the connection given up pid={}",
+                        stale.pid()
+                    ),
+                    Ok(false) => {}
+                    Err(e) if e.is_transient() => {
+                        abandoned = Some(stale);
+                        if conn.is_closed() {
+                            client = None;
+                        }
+                        backoff.wait(stats, &e.to_string()).await;
+                        continue;
+                    }
+                    Err(e) => log::warn!(
+                        "cannot end the database session of the connection given up pid={}: {e}",
+                        stale.pid()
+                    ),
+                }
+            }
             match conn
                 .write_batch(&batch.rows[start..end], scope, advances)
                 .await
@@ -355,6 +393,9 @@ async fn store(
                     break;
                 }
                 Err(e) if e.is_transient() => {
+                    if conn.is_abandoned() {
+                        abandoned = Some(conn.session());
+                    }
                     if conn.is_closed() {
                         client = None;
                     }

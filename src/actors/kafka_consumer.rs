@@ -67,6 +67,22 @@ const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
+/// Bounds every wait on a broker, for the consumer and the dead-letter producer alike. A
+/// request unanswered within `socket.timeout.ms` makes librdkafka close the connection and
+/// send again on a new one, so a broker that stops answering without closing the connection
+/// (packets dropped by a firewall or NAT) is noticed within that; keep-alive probes idle
+/// connections.
+pub fn bound_network(config: &mut ClientConfig, socket_timeout_ms: u64) {
+    config
+        .set("socket.timeout.ms", socket_timeout_ms.to_string())
+        // librdkafka's floor for this one is a second.
+        .set(
+            "socket.connection.setup.timeout.ms",
+            socket_timeout_ms.max(1000).to_string(),
+        )
+        .set("socket.keepalive.enable", "true");
+}
+
 /// Builds the consumer from the settings; a bad property is a configuration error.
 pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<MetricsConsumer> {
     let mut config = ClientConfig::new();
@@ -77,6 +93,7 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
     for (key, value) in DEFAULT_PROPERTIES {
         config.set(*key, *value);
     }
+    bound_network(&mut config, settings.kafka_socket_timeout_ms);
     for (key, value) in &settings.kafka_consumer_config.0 {
         config.set(key, value);
     }
@@ -86,6 +103,7 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
         group: settings.kafka_group_id.clone(),
         topic: settings.kafka_topic.clone(),
         database_url: settings.database_url.clone(),
+        database_timeouts: settings.database_timeouts(),
         joined: AtomicBool::new(false),
         writer: OnceLock::new(),
         epoch: AtomicU64::new(0),
@@ -100,6 +118,7 @@ pub struct ConsumerEvents {
     topic: String,
     /// Where the stored offsets are read on assignment.
     database_url: String,
+    database_timeouts: db::Timeouts,
     /// Whether "Kafka consumer connected" was logged already.
     joined: AtomicBool,
     /// Told of assignments and revocations; set once the writer is started.
@@ -137,7 +156,12 @@ impl ConsumerEvents {
             group: self.group.clone(),
             topic: self.topic.clone(),
         };
-        let stored = match db::stored_offsets_blocking(&self.database_url, &scope, &partitions) {
+        let stored = match db::stored_offsets_blocking(
+            &self.database_url,
+            &self.database_timeouts,
+            &scope,
+            &partitions,
+        ) {
             Ok(stored) => stored,
             Err(e) => {
                 log::warn!(

@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: connecting, migrating, and the batch insert path.
 //! Only the batch writer writes rows, through [`Writer`].
 
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub enum DbError {
     Migrate { url: String, message: String },
     #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    /// No answer in time: the connection may be dead without being closed (a firewall or NAT
+    /// dropping packets, a server failing over), so it is given up.
+    #[error("the database did not answer {what} within {} ms", .limit.as_millis())]
+    Timeout { what: &'static str, limit: Duration },
     #[error("{0}")]
     Internal(String),
 }
@@ -53,7 +58,67 @@ impl DbError {
             DbError::Internal(_) => true,
             DbError::Connect { .. } | DbError::Migrate { .. } => true,
             DbError::Query(e) => is_transient(e),
+            DbError::Timeout { .. } => true,
         }
+    }
+
+    /// The SQLSTATE of an error the server sent.
+    fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Query(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// How long the service waits on the database. TCP keep-alive alone would take two hours to
+/// notice a connection that died silently (Linux's default), and a query waits for its answer
+/// as long as the connection lives, so every round trip has a bound of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting: TCP, TLS, authentication and the start-up exchange.
+    pub connect: Duration,
+    /// One round trip on an open connection: a statement, a COPY, a commit.
+    pub statement: Duration,
+    /// A connection silent this long is probed by TCP keep-alive, every third of it after, and
+    /// closed by the kernel after three unanswered probes.
+    pub keepalive: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            statement: Duration::from_secs(30),
+            keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Applies the network bounds to a connection's configuration: the TCP connect, keep-alive
+    /// probes of an idle connection, and how long sent data may stay unacknowledged before the
+    /// kernel gives the connection up.
+    pub fn apply(&self, config: &mut tokio_postgres::Config) {
+        config.connect_timeout(self.connect);
+        config.keepalives(true);
+        config.keepalives_idle(self.keepalive);
+        config.keepalives_interval((self.keepalive / 3).max(Duration::from_secs(1)));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(self.statement);
+    }
+}
+
+/// Waits at most `limit` for one round trip; past it the connection must be given up, since
+/// the answer may still come later and belong to nothing.
+pub async fn within<T, E: Into<DbError>>(
+    limit: Duration,
+    what: &'static str,
+    round_trip: impl Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, round_trip).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DbError::Timeout { what, limit }),
     }
 }
 
@@ -98,20 +163,25 @@ pub fn check_url(url: &str) -> Result<(), DbError> {
         .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))
 }
 
-/// Opens a connection for the batch writer; its driver task runs on the current runtime.
-pub async fn connect(url: &str) -> Result<Client, DbError> {
+/// Opens a connection bounded by `timeouts`; its driver task runs on the current runtime.
+pub async fn connect(url: &str, timeouts: &Timeouts) -> Result<Client, DbError> {
     let config = tokio_postgres::Config::from_str(url)
         .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))?;
     let mut config = config;
-    config.connect_timeout(Duration::from_secs(5));
+    timeouts.apply(&mut config);
     config.application_name("panopticon");
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect {
-            url: redact_url(url),
-            source,
-        })?;
+    // The connect timeout bounds only the TCP connect; a server that accepts and then says
+    // nothing would hold the start-up exchange forever.
+    let connecting = async {
+        config
+            .connect(NoTls)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: redact_url(url),
+                source,
+            })
+    };
+    let (client, connection) = within(timeouts.connect, "the connection", connecting).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("database connection closed: {e}");
@@ -266,24 +336,95 @@ pub struct Writer {
     staging_copy: Statement,
     merge: Statement,
     advance: Statement,
+    /// The server's session behind this connection, so that a later connection can end it.
+    session: Session,
+    timeouts: Timeouts,
+    /// Set when a round trip went unanswered: the connection is given up, whatever state the
+    /// server is in.
+    abandoned: bool,
+}
+
+/// A server session (backend process) of the writer, told apart from a later one that reuses
+/// its process id by its start time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Session {
+    pid: i32,
+    started: f64,
+}
+
+impl Session {
+    /// The server's process id, for logs.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
 }
 
 impl Writer {
     /// Opens the connection (its driver task runs on the current runtime) and prepares it.
-    pub async fn connect(url: &str) -> Result<Writer, DbError> {
-        let client = connect(url).await?;
-        client.batch_execute(STAGING_TABLE).await?;
+    pub async fn connect(url: &str, timeouts: &Timeouts) -> Result<Writer, DbError> {
+        let client = connect(url, timeouts).await?;
+        let limit = timeouts.statement;
+        within(limit, "the set-up", client.batch_execute(STAGING_TABLE)).await?;
+        let session = within(
+            limit,
+            "the set-up",
+            client.query_one(
+                "SELECT pid, extract(epoch FROM backend_start)::float8 FROM pg_stat_activity
+                 WHERE pid = pg_backend_pid()",
+                &[],
+            ),
+        )
+        .await?;
+        let prepare = |sql| within(limit, "the set-up", client.prepare(sql));
         Ok(Writer {
-            direct_copy: client.prepare(DIRECT_COPY_STATEMENT).await?,
-            staging_copy: client.prepare(COPY_STATEMENT).await?,
-            merge: client.prepare(MERGE_STATEMENT).await?,
-            advance: client.prepare(ADVANCE_STATEMENT).await?,
+            direct_copy: prepare(DIRECT_COPY_STATEMENT).await?,
+            staging_copy: prepare(COPY_STATEMENT).await?,
+            merge: prepare(MERGE_STATEMENT).await?,
+            advance: prepare(ADVANCE_STATEMENT).await?,
+            session: Session {
+                pid: session.get(0),
+                started: session.get(1),
+            },
+            timeouts: *timeouts,
+            abandoned: false,
             client,
         })
     }
 
+    /// Whether the connection is closed or was given up: a new one is needed.
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.abandoned || self.client.is_closed()
+    }
+
+    /// Whether the connection was given up because the database stopped answering.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    pub fn session(&self) -> Session {
+        self.session
+    }
+
+    /// Ends a session of an abandoned connection if the server still runs it. The server may
+    /// not have noticed that the client is gone (it waits for the rest of a COPY, or for the
+    /// commit, holding its locks: the rows of the batch in the unique index), and the same
+    /// batch written again on this connection would wait for it. Answers whether it was
+    /// running.
+    pub async fn end_session(&mut self, stale: Session) -> Result<bool, DbError> {
+        let ended = self
+            .round_trip(
+                "ending the abandoned session",
+                self.client.query_opt(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE pid = $1 AND extract(epoch FROM backend_start)::float8 = $2",
+                    &[&stale.pid, &stale.started],
+                ),
+            )
+            .await;
+        if matches!(ended, Err(DbError::Timeout { .. })) {
+            self.abandoned = true;
+        }
+        Ok(ended?.is_some_and(|row| row.get::<_, bool>(0)))
     }
 
     /// Stores `rows` and advances the partitions' stored offsets, in one transaction: either
@@ -291,6 +432,11 @@ impl Writer {
     /// if one of them is stored already, the transaction is rolled back and the batch goes
     /// instead through the session-local staging table into `system_metrics`, skipping those
     /// stored, since COPY itself cannot skip conflicts.
+    ///
+    /// A round trip that goes unanswered within the statement timeout abandons the connection
+    /// ([`Writer::is_closed`]); whether the transaction was committed is then unknown, and
+    /// writing the batch again is safe: its offset moves are fenced, so a commit that did
+    /// happen makes the retry [`WriteOutcome::Fenced`] instead of storing the rows twice.
     pub async fn write_batch(
         &mut self,
         rows: &[ValidMetric],
@@ -306,20 +452,36 @@ impl Writer {
             }
             outcome => outcome,
         };
-        match outcome {
-            Ok(WriteOutcome::Stored { inserted }) => {
-                self.client.batch_execute("COMMIT").await?;
-                Ok(WriteOutcome::Stored { inserted })
-            }
+        let outcome = match outcome {
+            Ok(WriteOutcome::Stored { inserted }) => self
+                .round_trip("the commit", self.client.batch_execute("COMMIT"))
+                .await
+                .map(|()| WriteOutcome::Stored { inserted }),
             Ok(fenced) => {
                 self.rollback().await;
                 Ok(fenced)
             }
+            // An unanswered connection is given up as it is; its server session, if it still
+            // runs, is ended by the next one (see `end_session`).
+            Err(e @ DbError::Timeout { .. }) => Err(e),
             Err(e) => {
                 self.rollback().await;
-                Err(e.into())
+                Err(e)
             }
+        };
+        if matches!(outcome, Err(DbError::Timeout { .. })) {
+            self.abandoned = true;
         }
+        outcome
+    }
+
+    /// One round trip, bounded by the statement timeout.
+    async fn round_trip<T>(
+        &self,
+        what: &'static str,
+        round_trip: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        within(self.timeouts.statement, what, round_trip).await
     }
 
     /// Everything of [`Writer::write_batch`] but the commit, in a transaction left open.
@@ -329,25 +491,31 @@ impl Writer {
         scope: &OffsetScope,
         advances: &[OffsetAdvance],
         staged: bool,
-    ) -> Result<WriteOutcome, tokio_postgres::Error> {
+    ) -> Result<WriteOutcome, DbError> {
         let client = &self.client;
         // Sent together: the server starts the COPY right after BEGIN, with no round trip
         // between them.
         let begin = client.batch_execute("BEGIN");
         let mut inserted = 0;
         if rows.is_empty() {
-            begin.await?;
+            self.round_trip("BEGIN", begin).await?;
         } else {
             let statement = if staged {
                 &self.staging_copy
             } else {
                 &self.direct_copy
             };
-            let (begun, copied) = futures_util::join!(begin, copy_rows(client, statement, rows));
-            begun?;
-            inserted = copied?;
+            let copy = async {
+                let (begun, copied) =
+                    futures_util::join!(begin, copy_rows(client, statement, rows));
+                begun?;
+                copied
+            };
+            inserted = self.round_trip("the COPY", copy).await?;
             if staged {
-                inserted = client.execute(&self.merge, &[]).await?;
+                inserted = self
+                    .round_trip("the merge", client.execute(&self.merge, &[]))
+                    .await?;
             }
         }
         if advances.is_empty() {
@@ -356,17 +524,22 @@ impl Writer {
         let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
         let expected: Vec<Option<i64>> = advances.iter().map(|a| a.expected).collect();
         let next: Vec<i64> = advances.iter().map(|a| a.next).collect();
-        let moved: Vec<i32> = client
-            .query(
-                &self.advance,
-                &[&scope.group, &scope.topic, &partitions, &expected, &next],
+        let moved: Vec<i32> = self
+            .round_trip(
+                "the offset update",
+                client.query(
+                    &self.advance,
+                    &[&scope.group, &scope.topic, &partitions, &expected, &next],
+                ),
             )
             .await?
             .iter()
             .map(|row| row.get(0))
             .collect();
         if let Some(fenced) = partitions.iter().find(|p| !moved.contains(p)) {
-            let stored = stored_offset(client, scope, *fenced).await?;
+            let stored = self
+                .round_trip("the offset lookup", stored_offset(client, scope, *fenced))
+                .await?;
             return Ok(WriteOutcome::Fenced {
                 partition: *fenced,
                 stored,
@@ -376,9 +549,18 @@ impl Writer {
     }
 
     /// Ends a failed or fenced transaction; a broken connection shows in [`Writer::is_closed`].
-    async fn rollback(&self) {
-        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
-            log::debug!("rollback failed: {e}");
+    async fn rollback(&mut self) {
+        match self
+            .round_trip("the rollback", self.client.batch_execute("ROLLBACK"))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                log::debug!("rollback failed: {e}");
+                if matches!(e, DbError::Timeout { .. }) {
+                    self.abandoned = true;
+                }
+            }
         }
     }
 }
@@ -428,10 +610,12 @@ async fn stored_offset(
 /// callback, which must not return before the offsets are known.
 pub fn stored_offsets_blocking(
     url: &str,
+    timeouts: &Timeouts,
     scope: &OffsetScope,
     partitions: &[i32],
 ) -> Result<Vec<(i32, Option<i64>)>, DbError> {
     let url = url.to_owned();
+    let timeouts = *timeouts;
     let scope = scope.clone();
     let partitions = partitions.to_vec();
     std::thread::spawn(move || {
@@ -440,10 +624,16 @@ pub fn stored_offsets_blocking(
             .build()
             .map_err(|e| DbError::Internal(e.to_string()))?;
         runtime.block_on(async {
-            let client = connect(&url).await?;
+            let client = connect(&url, &timeouts).await?;
             let mut offsets = Vec::with_capacity(partitions.len());
             for partition in partitions {
-                offsets.push((partition, stored_offset(&client, &scope, partition).await?));
+                let stored = within(
+                    timeouts.statement,
+                    "the offset lookup",
+                    stored_offset(&client, &scope, partition),
+                )
+                .await?;
+                offsets.push((partition, stored));
             }
             Ok(offsets)
         })

@@ -8,22 +8,40 @@ use diesel::prelude::*;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures_util::FutureExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::Timeouts;
 use crate::schema::system_metrics;
 
-pub type DbPool = Pool<AsyncPgConnection>;
+/// The REST API's connections, and how long it waits on them.
+#[derive(Clone)]
+pub struct DbPool {
+    pool: Pool<AsyncPgConnection>,
+    timeouts: Timeouts,
+}
 
-/// A pool that connects lazily: building it never touches the network.
-pub fn pool(url: &str, size: usize) -> Result<DbPool, String> {
+/// A pool that connects lazily: building it never touches the network. Making a connection is
+/// bounded by the connect timeout, checking an idle one before reuse and each query by the
+/// statement timeout.
+pub fn pool(url: &str, size: usize, timeouts: &Timeouts) -> Result<DbPool, String> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .create_timeout(Some(timeouts.connect))
+        .recycle_timeout(Some(timeouts.statement))
+        // Every connection in use is given back or given up within the statement timeout.
+        .wait_timeout(Some(timeouts.connect + timeouts.statement))
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(DbPool {
+        pool,
+        timeouts: *timeouts,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +50,35 @@ pub enum QueryError {
     Pool(String),
     #[error("query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    #[error("the database did not answer within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
 }
 
 /// A connection from the pool; a pool that cannot give one means the database is unavailable.
-async fn connection(
-    pool: &DbPool,
-) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, QueryError> {
-    pool.get()
+async fn connection(pool: &DbPool) -> Result<Object<AsyncPgConnection>, QueryError> {
+    pool.pool
+        .get()
         .await
         .map_err(|e| QueryError::Pool(e.to_string()))
+}
+
+/// Runs one query on `conn` within the statement timeout. A connection whose query went
+/// unanswered is taken out of the pool and closed rather than handed to the next request.
+async fn bounded<T>(
+    pool: &DbPool,
+    mut conn: Object<AsyncPgConnection>,
+    query: impl for<'c> FnOnce(
+        &'c mut AsyncPgConnection,
+    ) -> futures_util::future::BoxFuture<'c, QueryResult<T>>,
+) -> Result<T, QueryError> {
+    let limit = pool.timeouts.statement;
+    match tokio::time::timeout(limit, query(&mut conn)).await {
+        Ok(rows) => Ok(rows?),
+        Err(_) => {
+            drop(Object::take(conn));
+            Err(QueryError::Timeout(limit))
+        }
+    }
 }
 
 /// One stored metric.
@@ -122,7 +160,7 @@ pub async fn list_metrics(
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
     use crate::schema::system_metrics::dsl as m;
-    let mut conn = connection(pool).await?;
+    let conn = connection(pool).await?;
     let mut query = m::system_metrics
         .select(MetricRow::as_select())
         .filter(m::time.ge(filters.from))
@@ -153,16 +191,15 @@ pub async fn list_metrics(
             )),
         );
     }
-    Ok(query
+    let query = query
         .order((
             m::time.desc(),
             m::namespace.desc(),
             m::pod_name.desc(),
             m::service.desc(),
         ))
-        .limit(limit)
-        .load(&mut conn)
-        .await?)
+        .limit(limit);
+    bounded(pool, conn, |conn| query.load(conn).boxed()).await
 }
 
 /// The newest row of each pod within the range.
@@ -171,7 +208,7 @@ pub async fn latest_per_pod(
     filters: &Filters,
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
-    let mut conn = connection(pool).await?;
+    let conn = connection(pool).await?;
     let sql = format!(
         "SELECT * FROM (
              SELECT DISTINCT ON (namespace, pod_name)
@@ -184,11 +221,8 @@ pub async fn latest_per_pod(
          LIMIT $7",
         names = name_conditions(3),
     );
-    Ok(filters
-        .bind_range_and_names(sql)
-        .bind::<BigInt, _>(limit)
-        .load::<MetricRow>(&mut conn)
-        .await?)
+    let query = filters.bind_range_and_names(sql).bind::<BigInt, _>(limit);
+    bounded(pool, conn, |conn| query.load::<MetricRow>(conn).boxed()).await
 }
 
 /// A column rows can be grouped or listed by.
@@ -281,7 +315,7 @@ pub async fn series(
     group_by: Dimension,
     source: SeriesSource,
 ) -> Result<Vec<SeriesRow>, QueryError> {
-    let mut conn = connection(pool).await?;
+    let conn = connection(pool).await?;
     let (bucket, table, time, cpu, memory) = match (source, aggregate.over_minutes("cpu")) {
         (SeriesSource::MinuteAggregate, Some(cpu)) => (
             format!("time_bucket($1::interval, bucket, {BUCKET_ORIGIN})"),
@@ -319,7 +353,8 @@ pub async fn series(
         .bind::<Text, _>(format!("{bucket_seconds} seconds"))
         .bind::<Timestamptz, _>(filters.from)
         .bind::<Timestamptz, _>(filters.to);
-    Ok(filters.bind_names(query).load(&mut conn).await?)
+    let query = filters.bind_names(query);
+    bounded(pool, conn, |conn| query.load(conn).boxed()).await
 }
 
 /// One distinct pod, service, namespace or node.
@@ -341,7 +376,7 @@ pub async fn distinct_values(
     filters: &Filters,
     limit: i64,
 ) -> Result<Vec<DistinctValue>, QueryError> {
-    let mut conn = connection(pool).await?;
+    let conn = connection(pool).await?;
     let sql = format!(
         "SELECT {col} AS name, min(time) AS first_seen, max(time) AS last_seen, count(*) AS samples
          FROM system_metrics
@@ -352,11 +387,8 @@ pub async fn distinct_values(
         col = dimension.column(),
         names = name_conditions(3),
     );
-    Ok(filters
-        .bind_range_and_names(sql)
-        .bind::<BigInt, _>(limit)
-        .load(&mut conn)
-        .await?)
+    let query = filters.bind_range_and_names(sql).bind::<BigInt, _>(limit);
+    bounded(pool, conn, |conn| query.load(conn).boxed()).await
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -58,10 +59,18 @@ fn tansu_binary() -> PathBuf {
 /// statics are never dropped.
 fn start_tansu() -> String {
     let port = free_port();
+    start_tansu_advertising(port, &format!("127.0.0.1:{port}"));
+    format!("127.0.0.1:{port}")
+}
+
+/// Starts a tansu of the test's own on `port` that tells its clients to connect to
+/// `advertised` (a proxy in front of it, say), and waits until it listens. It ends with the
+/// test process.
+pub fn start_tansu_advertising(port: u16, advertised: &str) {
     let url = format!("tcp://127.0.0.1:{port}");
     let tansu = tansu_binary();
     let script = format!(
-        "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/ & b=$!; \
+        "\"$0\" broker --listener-url {url} --advertised-listener-url tcp://{advertised} --storage-engine memory://tansu/ & b=$!; \
          while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null",
         parent = std::process::id()
     );
@@ -93,7 +102,6 @@ fn start_tansu() -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    format!("127.0.0.1:{port}")
 }
 
 pub fn free_port() -> u16 {
@@ -109,14 +117,24 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with [`PARTITIONS`] partitions, and its dead-letter topic `<name>.dlq`.
 pub async fn create_topic(name: &str) {
+    create_topic_on(broker(), name).await
+}
+
+/// [`create_topic`] on the broker at `brokers`.
+pub async fn create_topic_on(brokers: &str, name: &str) {
     let dlq = format!("{name}.dlq");
-    create_topics(&[(name, PARTITIONS), (dlq.as_str(), 1)]).await;
+    create_topics_on(brokers, &[(name, PARTITIONS), (dlq.as_str(), 1)]).await;
 }
 
 /// Creates each topic with its number of partitions.
 pub async fn create_topics(topics: &[(&str, i32)]) {
+    create_topics_on(broker(), topics).await
+}
+
+/// [`create_topics`] on the broker at `brokers`.
+pub async fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     // One topic a request: tansu answers only the first topic of a multi-topic request.
