@@ -12,6 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::backoff::Backoff;
+use crate::kafka_security::KafkaSecurity;
 
 /// Header names of a dead letter.
 pub const REASON_HEADER: &str = "panopticon-reason";
@@ -41,14 +42,22 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str, topic: &str, source_topic: &str) -> KafkaResult<DeadLetters> {
-        let producer = ClientConfig::new()
+    /// A producer to `topic` over the same secured connection as the consumer's.
+    pub fn new(
+        brokers: &str,
+        security: &KafkaSecurity,
+        topic: &str,
+        source_topic: &str,
+    ) -> KafkaResult<DeadLetters> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", "panopticon-dead-letters")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "30000");
+        security.apply(&mut config);
+        let producer = config.create()?;
         Ok(DeadLetters {
             producer,
             topic: topic.to_owned(),

@@ -1,10 +1,8 @@
 //! Everything that talks to PostgreSQL: connecting, migrating, and the batch insert path.
 //! Only the batch writer writes rows, through [`Writer`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -13,13 +11,14 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Connection, Socket, Statement};
 
 use crate::config::redact_url;
 use crate::domain::ValidMetric;
 
 pub mod queries;
 pub mod timescale;
+pub mod tls;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -33,6 +32,21 @@ pub enum DbError {
     BadUrl(String),
     #[error("cannot connect to the database at {url}: {source}")]
     Connect {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the database server's certificate does not verify (sslmode={mode}) at {url}: {reason}; connection refused"
+    )]
+    Certificate {
+        url: String,
+        mode: &'static str,
+        reason: String,
+    },
+    #[error(
+        "the database server at {url} requires TLS but DATABASE_URL says sslmode=disable: {source}"
+    )]
+    TlsRequired {
         url: String,
         source: tokio_postgres::Error,
     },
@@ -51,7 +65,10 @@ impl DbError {
         match self {
             DbError::BadUrl(_) => false,
             DbError::Internal(_) => true,
-            DbError::Connect { .. } | DbError::Migrate { .. } => true,
+            DbError::Connect { .. }
+            | DbError::Certificate { .. }
+            | DbError::TlsRequired { .. }
+            | DbError::Migrate { .. } => true,
             DbError::Query(e) => is_transient(e),
         }
     }
@@ -91,33 +108,50 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Checks the URL without connecting, so a malformed one is a configuration error.
+/// Checks the URL and the certificate files it names without connecting, so that a mistake
+/// is a configuration error.
 pub fn check_url(url: &str) -> Result<(), DbError> {
-    tokio_postgres::Config::from_str(url)
-        .map(|_| ())
-        .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))
+    tls::Target::parse(url).map(|_| ())
+}
+
+/// Opens a connection as the URL says, TLS included; the caller drives the connection. Every
+/// connection of the service is opened here.
+async fn open(
+    url: &str,
+) -> Result<
+    (
+        Client,
+        Connection<Socket, postgres_openssl::TlsStream<Socket>>,
+    ),
+    DbError,
+> {
+    let target = tls::Target::parse(url)?;
+    let mut config = target.config.clone();
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name("panopticon");
+    config
+        .connect(target.tls.clone())
+        .await
+        .map_err(|source| target.connect_error(source))
 }
 
 /// Opens a connection for the batch writer; its driver task runs on the current runtime.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))?;
-    let mut config = config;
-    config.connect_timeout(Duration::from_secs(5));
-    config.application_name("panopticon");
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect {
-            url: redact_url(url),
-            source,
-        })?;
+    let (client, connection) = open(url).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("database connection closed: {e}");
         }
     });
     Ok(client)
+}
+
+/// A diesel connection (migrations, the REST API's pool), opened like every other.
+pub async fn connect_diesel(url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let (client, connection) = open(url)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 
 /// Applies the embedded migrations under an advisory lock, so that several instances may
@@ -141,8 +175,21 @@ fn migrate_blocking(url: &str) -> Result<(), DbError> {
         url: redact_url(url),
         message,
     };
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+    // The synchronous wrapper blocks on the runtime it is created in; a multi-threaded one
+    // keeps driving the connection meanwhile.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .map_err(|e| failed(e.to_string()))?;
+    let _entered = runtime.enter();
+    let connection = runtime.block_on(async {
+        let (client, connection) = open(url).await?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection)
+            .await
+            .map_err(|e| failed(e.to_string()))
+    })?;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
         .map_err(|e| failed(e.to_string()))?;
     let result = conn
