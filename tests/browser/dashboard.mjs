@@ -12,6 +12,9 @@
 //   CHROMIUM               the browser binary (default /usr/bin/chromium)
 //   DASHBOARD_SCREENSHOT   if set, a full-page PNG is written there
 //   DASHBOARD_TIMEOUT_MS   how long to wait for the pods (default 30000)
+//   DASHBOARD_TOKEN        the service's HTTP_AUTH_TOKEN: the page must first be refused
+//                          without credentials (401, Basic challenge), then is opened with the
+//                          token as the HTTP Basic password, as a browser's prompt sends it
 
 import { chromium } from 'playwright-core';
 
@@ -19,6 +22,7 @@ const USAGE = 'usage: node tests/browser/dashboard.mjs http://127.0.0.1:PORT POD
 const BACKPRESSURE_STATES = ['ok', 'throttled', 'paused'];
 const POD_TIMEOUT_MS = Number(process.env.DASHBOARD_TIMEOUT_MS) || 30_000;
 const REFRESH_TIMEOUT_MS = 15_000;
+const TOKEN = process.env.DASHBOARD_TOKEN || '';
 
 function fail(message) {
   // Playwright's messages carry terminal colour codes; logs read better without them.
@@ -68,7 +72,22 @@ async function screenshot(page) {
 let summary;
 let page;
 try {
-  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  if (TOKEN) {
+    // Without credentials the service refuses the page and asks for Basic credentials.
+    const anonymous = await browser.newContext();
+    const refused = await (await anonymous.newPage()).goto(pageUrl, { timeout: 30_000 });
+    const challenge = refused ? (await refused.allHeaders())['www-authenticate'] || '' : '';
+    await anonymous.close();
+    if (!refused || refused.status() !== 401 || !challenge.includes('Basic')) {
+      throw new Error(
+        `without credentials GET ${pageUrl} answered ${refused ? refused.status() : 'nothing'} (WWW-Authenticate: ${challenge}), not 401 with a Basic challenge`,
+      );
+    }
+  }
+  const context = await browser.newContext({
+    viewport: { width: 1440, height: 900 },
+    ...(TOKEN ? { httpCredentials: { username: 'panopticon', password: TOKEN } } : {}),
+  });
   page = await context.newPage();
 
   page.on('console', (msg) => {
@@ -85,6 +104,8 @@ try {
     problem('request failed', `${req.method()} ${req.url()}: ${failure ? failure.errorText : 'unknown error'}`);
   });
   page.on('response', (res) => {
+    // The browser answers the Basic challenge itself, as it would after its prompt.
+    if (TOKEN && res.status() === 401) return;
     if (res.status() >= 400) problem('HTTP error', `${res.request().method()} ${res.url()}: ${res.status()}`);
   });
 

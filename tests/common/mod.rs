@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -37,7 +38,7 @@ pub fn broker() -> &'static str {
     })
 }
 
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU") {
         return PathBuf::from(path);
     }
@@ -109,10 +110,14 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with [`PARTITIONS`] partitions, and its dead-letter topic `<name>.dlq`.
 pub async fn create_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .expect("admin client");
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    create_topic_on(&client, name).await;
+}
+
+/// [`create_topic`] on the broker `client` connects to.
+pub async fn create_topic_on(client: &ClientConfig, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
     let dlq = format!("{name}.dlq");
     // One topic a request: tansu answers only the first topic of a multi-topic request.
     for (topic, partitions) in [(name, PARTITIONS), (dlq.as_str(), 1)] {
@@ -135,8 +140,14 @@ pub async fn create_topic(name: &str) {
 /// mid-batch (after a pause, a restart or a rebalance) would miss records through no fault
 /// of theirs.
 pub fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker())
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    producer_on(client)
+}
+
+/// [`producer`] of the broker `client` connects to.
+pub fn producer_on(mut client: ClientConfig) -> FutureProducer {
+    client
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
         .create()
@@ -501,10 +512,20 @@ pub fn now_ms() -> i64 {
 
 /// Reads every record of a topic from the beginning until `expected` were read or 30 s pass.
 pub async fn consume_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    consume_all_on(client, topic, expected).await
+}
+
+/// [`consume_all`] from the broker `client` connects to.
+pub async fn consume_all_on(
+    mut client: ClientConfig,
+    topic: &str,
+    expected: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
     use futures_util::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+    let consumer: StreamConsumer = client
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
