@@ -14,6 +14,9 @@ const DB_PASSWORD: &str = "s3cret-db-Pa55";
 const SASL_PASSWORD: &str = "s3cret-sasl-Pa55";
 const TOKEN: &str = "s3cret-http-T0ken";
 
+/// Settings, arguments, and what the one line must say.
+type Case<'a> = (Vec<(&'a str, String)>, &'a [&'a str], &'a str);
+
 fn base_env() -> HashMap<String, String> {
     HashMap::from([
         ("HTTP_PORT".into(), "0".into()),
@@ -50,7 +53,7 @@ fn impossible_settings_are_one_line_and_exit_code_2() {
         ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".to_owned()),
         ("KAFKA_SASL_USERNAME", "panopticon".to_owned()),
     ];
-    let cases: Vec<(Vec<(&str, String)>, &[&str], &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             sasl.to_vec(),
             &[],
