@@ -30,7 +30,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x5041_4e4f_5054_4943;
 pub enum DbError {
     #[error("database URL is malformed: {0}")]
     BadUrl(String),
-    #[error("cannot connect to the database at {url}: {source}")]
+    #[error("cannot connect to the database at {url}: {}", describe(.source))]
     Connect {
         url: String,
         source: tokio_postgres::Error,
@@ -44,7 +44,7 @@ pub enum DbError {
         reason: String,
     },
     #[error(
-        "the database server at {url} requires TLS but DATABASE_URL says sslmode=disable: {source}"
+        "the database server at {url} requires TLS but DATABASE_URL says sslmode=disable: {}", describe(.source)
     )]
     TlsRequired {
         url: String,
@@ -89,8 +89,10 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// The server's own message where there is one ("db error" says nothing).
-fn describe(error: &tokio_postgres::Error) -> String {
+/// The server's own message where there is one ("db error" says nothing); otherwise the error
+/// with its causes, which tokio-postgres leaves out of its own message ("error performing TLS
+/// handshake" says nothing either).
+pub fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut text = format!(
@@ -104,7 +106,19 @@ fn describe(error: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => error.to_string(),
+        None => {
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(inner) = cause {
+                let more = inner.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                cause = inner.source();
+            }
+            text
+        }
     }
 }
 

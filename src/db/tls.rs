@@ -102,7 +102,7 @@ impl Target {
     /// The error of a failed connection attempt, saying so when the server's certificate is
     /// what failed, or when the server wants TLS and `sslmode=disable` refused it.
     pub fn connect_error(&self, source: tokio_postgres::Error) -> DbError {
-        let text = source.to_string();
+        let text = super::describe(&source);
         if text.contains("certificate verify failed") {
             // postgres-openssl ends the message with OpenSSL's verdict on the certificate.
             let verdict = text.rsplit(": ").next().unwrap_or_default();
