@@ -300,8 +300,16 @@ async fn connect_kafka(
                 break;
             }
             Err(e) => {
-                // librdkafka's own account (a TLS or SASL failure) says more than the
-                // metadata request's time-out.
+                // librdkafka's own account of the failure (TLS, SASL) waits in the consumer's
+                // queue, where polling hands it to the consumer's log callback; it says more
+                // than the metadata request's error. Nothing is subscribed yet: no record
+                // can come.
+                let drain = async {
+                    loop {
+                        let _ = consumer.recv().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
                 let cause = match stats.kafka_error() {
                     Some(reason) => settings.kafka_security.explain(&reason),
                     None => e.to_string(),

@@ -97,6 +97,13 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
 /// librdkafka's account of a failure without what changes from one attempt to the next (the
 /// time it took, how many were suppressed), so that a repeated failure reads the same.
 fn tidy_reason(reason: &str) -> String {
+    // Log lines start with the thread's name: `[thrd:ssl://host:9093/bootstrap]: `.
+    let reason = match reason.strip_prefix("[thrd:") {
+        Some(rest) => rest
+            .split_once("]: ")
+            .map_or(reason, |(_, message)| message),
+        None => reason,
+    };
     match reason.rfind(" (after ") {
         Some(at) if reason[at..].contains(" in state ") => reason[..at].to_owned(),
         _ => reason.to_owned(),
@@ -175,6 +182,11 @@ impl ClientContext for ConsumerEvents {
                 log::error!(target: "librdkafka", "{fac} {message}")
             }
             RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                // A failed connection (TLS, SASL, transport) is logged here as it happens;
+                // the error callback only runs once the consumer is polled.
+                if fac == "FAIL" {
+                    self.stats.set_kafka_error(Some(tidy_reason(message)));
+                }
                 log::debug!(target: "librdkafka", "{fac} {message}")
             }
             _ => log::trace!(target: "librdkafka", "{fac} {message}"),
