@@ -1,9 +1,16 @@
 //! Settings: every option is an environment variable with an equivalent flag, and `--help`
 //! lists each with its default.
 
+use std::convert::Infallible;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::kafka_security::KafkaSecurity;
 
 /// Panopticon: a Kafka-to-TimescaleDB ingester for Kubernetes pod metrics.
 #[derive(Debug, Parser)]
@@ -16,6 +23,20 @@ pub struct Cli {
     pub settings: Settings,
 }
 
+impl Cli {
+    /// Parses the flags and the environment (exiting with clap's message when one is
+    /// malformed), then reads the secrets given as files (`*_FILE`).
+    pub fn load() -> Result<Cli, String> {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.settings.read_secret_files(&matches)?;
+        if let Some(Command::Simulate(args)) = &mut cli.command {
+            args.kafka_security.read_secret_files()?;
+        }
+        Ok(cli)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ingester (the default when no subcommand is given).
@@ -24,7 +45,7 @@ pub enum Command {
     /// pods; only a PostgreSQL is needed.
     Demo(DemoArgs),
     /// Produce simulated Fluent Bit pod metrics to a Kafka broker.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 /// Everything the ingester needs to run.
@@ -62,10 +83,15 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
     pub kafka_consumer_config: Properties,
 
-    /// PostgreSQL/TimescaleDB connection URL.
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurity,
+
+    /// PostgreSQL/TimescaleDB connection URL; libpq's `sslmode` (disable, prefer, require,
+    /// verify-ca, verify-full), `sslrootcert`, `sslcert` and `sslkey` apply.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://admin:admin123@localhost:5433/panopticon"
     )]
     pub database_url: String,
@@ -84,6 +110,10 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
     pub database_keepalive_ms: u64,
 
+    /// File holding the database URL (a trailing newline is ignored).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
     /// Port of the HTTP server (0 picks a free port).
     #[arg(long, env = "HTTP_PORT", default_value_t = 3001)]
     pub http_port: u16,
@@ -91,6 +121,19 @@ pub struct Settings {
     /// Address the HTTP server binds to.
     #[arg(long, env = "HTTP_HOST", default_value = "0.0.0.0")]
     pub http_host: String,
+
+    /// Token the dashboard, `/status` and `/api/v1` require, as `Authorization: Bearer` or as
+    /// the HTTP Basic password (prefer HTTP_AUTH_TOKEN_FILE); unset: open to anyone.
+    #[arg(long, env = "HTTP_AUTH_TOKEN", hide_env_values = true)]
+    pub http_auth_token: Option<Secret>,
+
+    /// File holding the HTTP token (a trailing newline is ignored).
+    #[arg(long, env = "HTTP_AUTH_TOKEN_FILE")]
+    pub http_auth_token_file: Option<PathBuf>,
+
+    /// Whether `/metrics` requires the HTTP token too (it is open by default, for scrapers).
+    #[arg(long, env = "METRICS_REQUIRE_AUTH", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_require_auth: bool,
 
     /// A batch is flushed to the database when it holds this many rows.
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -150,6 +193,38 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Reads the secrets given as files; a secret given both ways is refused.
+    fn read_secret_files(&mut self, matches: &ArgMatches) -> Result<(), String> {
+        if let Some(path) = &self.database_url_file {
+            let url_given = matches!(
+                matches.value_source("database_url"),
+                Some(ValueSource::EnvVariable | ValueSource::CommandLine)
+            );
+            if url_given {
+                return Err(both_set("DATABASE_URL"));
+            }
+            self.database_url = read_secret_file("DATABASE_URL_FILE", path)?.0;
+        }
+        self.kafka_security.read_secret_files()?;
+        self.http_auth_token = secret_from_file(
+            "HTTP_AUTH_TOKEN",
+            self.http_auth_token.take(),
+            self.http_auth_token_file.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// Refuses HTTP settings that cannot work.
+    pub fn check_http(&self) -> Result<(), String> {
+        match &self.http_auth_token {
+            Some(token) if token.expose().is_empty() => Err("HTTP_AUTH_TOKEN is empty".into()),
+            None if self.metrics_require_auth => Err(
+                "METRICS_REQUIRE_AUTH=true needs HTTP_AUTH_TOKEN or HTTP_AUTH_TOKEN_FILE".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_wait_ms)
     }
@@ -201,6 +276,66 @@ pub struct SimulateArgs {
     /// Stop after producing this many metrics (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurity,
+}
+
+/// A password or token: kept out of `Debug` output, so that printing the settings cannot leak
+/// it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Infallible> {
+        Ok(Secret::new(text))
+    }
+}
+
+/// The secret of `variable`, or of its twin `<variable>_FILE`; both set is an error.
+pub fn secret_from_file(
+    variable: &str,
+    value: Option<Secret>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(both_set(variable)),
+        (None, Some(path)) => read_secret_file(&format!("{variable}_FILE"), path).map(Some),
+        (value, None) => Ok(value),
+    }
+}
+
+fn both_set(variable: &str) -> String {
+    format!("{variable} and {variable}_FILE are both set; set only one of them")
+}
+
+/// A secret file's content without its trailing line break, as Kubernetes mounts Secrets.
+fn read_secret_file(setting: &str, path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {setting}={}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(format!("{setting}={} is empty", path.display()));
+    }
+    Ok(Secret::new(value))
 }
 
 /// A span of time written as a whole number and a unit, `s`, `m`, `h` or `d`: `30s`, `7d`.
@@ -256,18 +391,67 @@ fn parse_properties(text: &str) -> Result<Properties, String> {
     Ok(Properties(properties))
 }
 
-/// The database URL with its password replaced, fit for logs and error messages.
+/// The database URL with its password replaced, fit for logs and error messages: the password
+/// of the user part, a `password` parameter of the URL, or a `password=` of the key/value form.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_key_value(url);
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
     };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    let mut redacted = format!("{scheme}://");
+    match location.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => redacted.push_str(&format!("{user}:***@{host}")),
+            None => redacted.push_str(location),
+        },
+        None => redacted.push_str(location),
     }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
+    }
+    redacted
+}
+
+/// `password=…` of libpq's key/value form replaced, quoted or not.
+fn redact_key_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        let (before, after) = rest.split_at(at + "password".len());
+        out.push_str(before);
+        let trimmed = after.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let close = quoted.char_indices().find(|&(_, c)| {
+                let closes = c == '\'' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            });
+            close.map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("=***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -297,6 +481,18 @@ mod tests {
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1/db"),
             "postgres://postgres@127.0.0.1/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=verify-full&password=s3cret&sslrootcert=/ca.pem"),
+            "postgres://u@h/db?sslmode=verify-full&password=***&sslrootcert=/ca.pem"
+        );
+        assert_eq!(
+            redact_url("host=h password='s3 cret' user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact_url("host=h password = s3cret"),
+            "host=h password=***"
         );
     }
 }

@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::Backoff;
+use crate::kafka_security::KafkaSecurity;
 use crate::stats::{HeldPartition, Stats};
 
 /// Header names of a dead letter.
@@ -45,8 +46,10 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// A producer to `topic` over the same secured connection as the consumer's.
     pub fn new(
         brokers: &str,
+        security: &KafkaSecurity,
         topic: &str,
         source_topic: &str,
         socket_timeout_ms: u64,
@@ -61,6 +64,7 @@ impl DeadLetters {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
         crate::actors::kafka_consumer::bound_network(&mut config, socket_timeout_ms);
+        security.apply(&mut config);
         let producer = config.create()?;
         Ok(DeadLetters {
             producer,

@@ -7,6 +7,7 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DemoArgs, Settings};
+use crate::kafka_security::KafkaSecurity;
 use crate::startup::{Application, StartupError, shutdown_signal};
 
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupError> {
@@ -19,6 +20,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupEr
         .create_topic(&settings.kafka_dlq_topic, 1, 1)
         .map_err(|e| StartupError::Runtime(format!("cannot create the demo topic: {e}")))?;
     settings.kafka_brokers = cluster.bootstrap_servers();
+    // The in-process broker speaks plaintext, whatever the environment says of real ones.
+    settings.kafka_security = KafkaSecurity::default();
     log::info!(
         "demo: in-process Kafka broker at {} with topic {} (3 partitions)",
         settings.kafka_brokers,
@@ -32,6 +35,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupEr
     let simulator = tokio::task::spawn_blocking(move || {
         crate::simulate::produce(
             &brokers,
+            &KafkaSecurity::default(),
             &topic,
             args.pods,
             Duration::from_millis(args.interval_ms),

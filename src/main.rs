@@ -1,19 +1,18 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use panopticon::config::{Cli, Command};
 use panopticon::startup::{Application, StartupError, shutdown_signal};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None | Some(Command::Run) => run(cli.settings).await,
-        Some(Command::Demo(args)) => panopticon::demo::run(cli.settings, args).await,
-        Some(Command::Simulate(args)) => panopticon::simulate::run(args)
-            .await
-            .map_err(|e| StartupError::Runtime(e.to_string())),
+    let result = match Cli::load() {
+        Err(e) => Err(StartupError::Config(e)),
+        Ok(cli) => match cli.command {
+            None | Some(Command::Run) => run(cli.settings).await,
+            Some(Command::Demo(args)) => panopticon::demo::run(cli.settings, args).await,
+            Some(Command::Simulate(args)) => simulate(*args).await,
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,6 +25,13 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn simulate(args: panopticon::config::SimulateArgs) -> Result<(), StartupError> {
+    args.kafka_security.check().map_err(StartupError::Config)?;
+    panopticon::simulate::run(args)
+        .await
+        .map_err(|e| StartupError::Runtime(e.to_string()))
 }
 
 async fn run(settings: panopticon::config::Settings) -> Result<(), StartupError> {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SimulateArgs;
 use crate::domain::WireMetric;
+use crate::kafka_security::KafkaSecurity;
 
 /// None is `log-generator`, the service of the original test guide's messages, so that the
 /// guide's queries show only its own rows while the simulator runs.
@@ -91,17 +92,20 @@ impl Simulator {
 /// Produces samples until `count` were sent (0: no limit) or `stop` is cancelled.
 pub fn produce(
     brokers: &str,
+    security: &KafkaSecurity,
     topic: &str,
     pods: u32,
     interval: Duration,
     count: u64,
     stop: &CancellationToken,
 ) -> Result<u64, KafkaError> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("client.id", "panopticon-simulator")
-        .create()?;
+        .set("client.id", "panopticon-simulator");
+    security.apply(&mut config);
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
     let mut simulator = Simulator::new(pods, fastrand::u64(..));
     let mut sent = 0u64;
     let mut next_tick = Instant::now();
@@ -145,7 +149,7 @@ pub fn produce(
     Ok(sent)
 }
 
-/// `panopticon simulate`.
+/// `panopticon simulate`. The Kafka security settings are checked by the caller.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let worker_stop = stop.clone();
@@ -159,6 +163,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let worker = tokio::task::spawn_blocking(move || {
         produce(
             &args.brokers,
+            &args.kafka_security,
             &args.topic,
             args.pods,
             Duration::from_millis(args.interval_ms),

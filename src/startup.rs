@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::Consumer;
 
@@ -22,6 +23,7 @@ use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
 use crate::domain::Rules;
 use crate::http::api::ApiState;
+use crate::http::auth::{self, Access};
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,11 @@ impl Application {
     /// Checks the settings and binds the HTTP listener; nothing is connected yet.
     pub fn build(settings: Settings) -> Result<Application, StartupError> {
         db::check_url(&settings.database_url).map_err(|e| StartupError::Config(e.to_string()))?;
+        settings
+            .kafka_security
+            .check()
+            .map_err(StartupError::Config)?;
+        settings.check_http().map_err(StartupError::Config)?;
         // Creating the consumer checks every librdkafka property without connecting.
         let _probe = kafka_consumer::create_consumer(&settings, Arc::default())
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
@@ -76,10 +83,16 @@ impl Application {
             max_buckets: settings.api_max_buckets,
         });
         let data = web::Data::new(stats.clone());
+        let access = web::Data::new(Access::new(
+            settings.http_auth_token.clone(),
+            settings.metrics_require_auth,
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(api.clone())
+                .app_data(access.clone())
+                .wrap(from_fn(auth::require_token))
                 .configure(crate::http::routes)
         })
         .workers(1)
@@ -88,6 +101,11 @@ impl Application {
         .map_err(|e| StartupError::Runtime(e.to_string()))?
         .run();
         log::info!("Application is running on: http://localhost:{port}");
+        if settings.http_auth_token.is_none() {
+            log::warn!(
+                "HTTP authentication is off: the dashboard, /status and /api/v1 answer anyone who reaches port={port}; set HTTP_AUTH_TOKEN or HTTP_AUTH_TOKEN_FILE to require a token"
+            );
+        }
         Ok(Application {
             port,
             server,
@@ -173,6 +191,7 @@ async fn start_pipeline(
     ensure_dead_letter_topic(settings, stats.clone()).await;
     let dead_letters = DeadLetters::new(
         &settings.kafka_brokers,
+        &settings.kafka_security,
         &settings.kafka_dlq_topic,
         &settings.kafka_topic,
         settings.kafka_socket_timeout_ms,
@@ -281,6 +300,8 @@ async fn ensure_dead_letter_topic(settings: &Settings, stats: Arc<Stats>) {
     config
         .set("bootstrap.servers", &settings.kafka_brokers)
         .set("client.id", "panopticon-admin");
+    settings.kafka_security.apply(&mut config);
+    crate::actors::kafka_consumer::bound_network(&mut config, settings.kafka_socket_timeout_ms);
     let topic = settings.kafka_dlq_topic.clone();
     let partitions = settings.kafka_dlq_partitions;
     let error = match dead_letter::ensure_topic(&config, &topic, partitions).await {
@@ -330,7 +351,7 @@ async fn connect_kafka(
     stats: Arc<Stats>,
 ) -> Result<MetricsConsumer, StartupError> {
     let consumer = Arc::new(
-        kafka_consumer::create_consumer(settings, stats)
+        kafka_consumer::create_consumer(settings, stats.clone())
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?,
     );
     let mut retry = Retry::new("Kafka broker");
@@ -345,6 +366,7 @@ async fn connect_kafka(
         .map_err(|e| StartupError::Runtime(e.to_string()))?;
         match answer {
             Ok(metadata) => {
+                stats.set_kafka_error(None);
                 let missing = metadata.topics().iter().any(|t| {
                     t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
                 });
@@ -354,7 +376,21 @@ async fn connect_kafka(
                 break;
             }
             Err(e) => {
-                let error = format!("brokers {}: {e}", settings.kafka_brokers);
+                // librdkafka's own account of the failure (TLS, SASL) waits in the consumer's
+                // queue, where polling hands it to the consumer's log callback; it says more
+                // than the metadata request's error. Nothing is subscribed yet: no record
+                // can come.
+                let drain = async {
+                    loop {
+                        let _ = consumer.recv().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+                let cause = match stats.kafka_error() {
+                    Some(reason) => settings.kafka_security.explain(&reason),
+                    None => e.to_string(),
+                };
+                let error = format!("brokers {}: {cause}", settings.kafka_brokers);
                 retry.failed(&error).await
             }
         }

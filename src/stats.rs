@@ -125,6 +125,9 @@ pub struct Stats {
     /// Last database failure, cleared by the next successful write.
     pub database_error: Mutex<Option<String>>,
     pub database_connected: AtomicBool,
+    /// Last failure to reach the Kafka brokers (TLS, authentication, transport), as librdkafka
+    /// reported it; cleared once a broker answers.
+    pub kafka_error: Mutex<Option<String>>,
     pub storage: Mutex<Option<String>>,
     /// True when `system_metrics` is a TimescaleDB hypertable (the API uses `time_bucket`).
     pub timescale: AtomicBool,
@@ -269,6 +272,16 @@ impl Stats {
 
     pub fn database_error(&self) -> Option<String> {
         self.database_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    pub fn set_kafka_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.kafka_error.lock() {
+            *slot = error;
+        }
+    }
+
+    pub fn kafka_error(&self) -> Option<String> {
+        self.kafka_error.lock().ok().and_then(|e| e.clone())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (driven by `tests/browser/dashboard.mjs`)
-//! loads `/` from the running service, must see no console error, page error or failed
-//! request, must show the pods stored through the pipeline, and must see its stats refresh.
+//! loads `/` from the running service behind `HTTP_AUTH_TOKEN`: without credentials the page
+//! is refused (401 with a Basic challenge); with the token as the HTTP Basic password, as a
+//! browser's own prompt sends it, it must see no console error, page error or failed request,
+//! must show the pods stored through the pipeline, and must see its stats refresh.
 
 mod common;
 
@@ -14,7 +16,10 @@ async fn the_dashboard_shows_stored_pods_and_live_stats_in_chromium() {
     let topic = unique("metrics");
     create_topic(&topic).await;
     let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let token = "br0wser-T0ken";
+    let mut env = service_env(&topic, &unique("group"), &db);
+    env.insert("HTTP_AUTH_TOKEN".into(), token.into());
+    let app = TestApp::spawn_consuming(env);
     let pods = ["dash-pod-1", "dash-pod-2", "dash-pod-3"];
     let producer = producer();
     for round in 0..3 {
@@ -40,6 +45,7 @@ async fn the_dashboard_shows_stored_pods_and_live_stats_in_chromium() {
     let url = app.url("");
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
+            .env("DASHBOARD_TOKEN", token)
             .arg(script)
             .arg(url)
             .args(pods)

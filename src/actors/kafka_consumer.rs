@@ -20,7 +20,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
     StreamConsumer,
 };
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -94,6 +94,7 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
         config.set(*key, *value);
     }
     bound_network(&mut config, settings.kafka_socket_timeout_ms);
+    settings.kafka_security.apply(&mut config);
     for (key, value) in &settings.kafka_consumer_config.0 {
         config.set(key, value);
     }
@@ -109,6 +110,22 @@ pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<Me
         epoch: AtomicU64::new(0),
     };
     config.create_with_context(events)
+}
+
+/// librdkafka's account of a failure without what changes from one attempt to the next (the
+/// time it took, how many were suppressed), so that a repeated failure reads the same.
+fn tidy_reason(reason: &str) -> String {
+    // Log lines start with the thread's name: `[thrd:ssl://host:9093/bootstrap]: `.
+    let reason = match reason.strip_prefix("[thrd:") {
+        Some(rest) => rest
+            .split_once("]: ")
+            .map_or(reason, |(_, message)| message),
+        None => reason,
+    };
+    match reason.rfind(" (after ") {
+        Some(at) if reason[at..].contains(" in state ") => reason[..at].to_owned(),
+        _ => reason.to_owned(),
+    }
 }
 
 /// Callbacks librdkafka runs on the consumer's behalf: rebalances, commits, statistics.
@@ -189,6 +206,11 @@ impl ClientContext for ConsumerEvents {
                 log::error!(target: "librdkafka", "{fac} {message}")
             }
             RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                // A failed connection (TLS, SASL, transport) is logged here as it happens;
+                // the error callback only runs once the consumer is polled.
+                if fac == "FAIL" {
+                    self.stats.set_kafka_error(Some(tidy_reason(message)));
+                }
                 log::debug!(target: "librdkafka", "{fac} {message}")
             }
             _ => log::trace!(target: "librdkafka", "{fac} {message}"),
@@ -197,6 +219,11 @@ impl ClientContext for ConsumerEvents {
 
     fn error(&self, error: KafkaError, reason: &str) {
         log::debug!(target: "librdkafka", "{error}: {reason}");
+        // Why the brokers cannot be reached (TLS, authentication, transport), for the start-up
+        // line and `/ready`; "all brokers are down" follows every such failure and says less.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.stats.set_kafka_error(Some(tidy_reason(reason)));
+        }
     }
 
     fn stats(&self, statistics: Statistics) {

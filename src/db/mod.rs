@@ -2,10 +2,8 @@
 //! Only the batch writer writes rows, through [`Writer`].
 
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
-use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -14,13 +12,14 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Connection, Socket, Statement};
 
 use crate::config::redact_url;
 use crate::domain::ValidMetric;
 
 pub mod queries;
 pub mod timescale;
+pub mod tls;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -32,8 +31,23 @@ const MIGRATION_LOCK_KEY: i64 = 0x5041_4e4f_5054_4943;
 pub enum DbError {
     #[error("database URL is malformed: {0}")]
     BadUrl(String),
-    #[error("cannot connect to the database at {url}: {source}")]
+    #[error("cannot connect to the database at {url}: {}", describe(.source))]
     Connect {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the database server's certificate does not verify (sslmode={mode}) at {url}: {reason}; connection refused"
+    )]
+    Certificate {
+        url: String,
+        mode: &'static str,
+        reason: String,
+    },
+    #[error(
+        "the database server at {url} requires TLS but DATABASE_URL says sslmode=disable: {}", describe(.source)
+    )]
+    TlsRequired {
         url: String,
         source: tokio_postgres::Error,
     },
@@ -56,7 +70,10 @@ impl DbError {
         match self {
             DbError::BadUrl(_) => false,
             DbError::Internal(_) => true,
-            DbError::Connect { .. } | DbError::Migrate { .. } => true,
+            DbError::Connect { .. }
+            | DbError::Certificate { .. }
+            | DbError::TlsRequired { .. }
+            | DbError::Migrate { .. } => true,
             DbError::Query(e) => is_transient(e),
             DbError::Timeout { .. } => true,
         }
@@ -137,8 +154,10 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// The server's own message where there is one ("db error" says nothing).
-fn describe(error: &tokio_postgres::Error) -> String {
+/// The server's own message where there is one ("db error" says nothing); otherwise the error
+/// with its causes, which tokio-postgres leaves out of its own message ("error performing TLS
+/// handshake" says nothing either).
+pub fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut text = format!(
@@ -152,42 +171,75 @@ fn describe(error: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => error.to_string(),
+        None => {
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(inner) = cause {
+                let more = inner.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                cause = inner.source();
+            }
+            text
+        }
     }
 }
 
-/// Checks the URL without connecting, so a malformed one is a configuration error.
+/// Checks the URL and the certificate files it names without connecting, so that a mistake
+/// is a configuration error.
 pub fn check_url(url: &str) -> Result<(), DbError> {
-    tokio_postgres::Config::from_str(url)
-        .map(|_| ())
-        .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))
+    tls::Target::parse(url).map(|_| ())
 }
 
-/// Opens a connection bounded by `timeouts`; its driver task runs on the current runtime.
-pub async fn connect(url: &str, timeouts: &Timeouts) -> Result<Client, DbError> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| DbError::BadUrl(format!("{} ({e})", redact_url(url))))?;
-    let mut config = config;
+/// Opens a connection as the URL says, TLS included; the caller drives the connection. Every
+/// connection of the service is opened here.
+async fn open(
+    url: &str,
+    timeouts: &Timeouts,
+) -> Result<
+    (
+        Client,
+        Connection<Socket, postgres_openssl::TlsStream<Socket>>,
+    ),
+    DbError,
+> {
+    let target = tls::Target::parse(url)?;
+    let mut config = target.config.clone();
     timeouts.apply(&mut config);
     config.application_name("panopticon");
     // The connect timeout bounds only the TCP connect; a server that accepts and then says
     // nothing would hold the start-up exchange forever.
     let connecting = async {
         config
-            .connect(NoTls)
+            .connect(target.tls.clone())
             .await
-            .map_err(|source| DbError::Connect {
-                url: redact_url(url),
-                source,
-            })
+            .map_err(|source| target.connect_error(source))
     };
-    let (client, connection) = within(timeouts.connect, "the connection", connecting).await?;
+    within(timeouts.connect, "the connection", connecting).await
+}
+
+/// Opens a connection bounded by `timeouts`; its driver task runs on the current runtime.
+pub async fn connect(url: &str, timeouts: &Timeouts) -> Result<Client, DbError> {
+    let (client, connection) = open(url, timeouts).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("database connection closed: {e}");
         }
     });
     Ok(client)
+}
+
+/// A diesel connection (migrations, the REST API's pool), opened like every other.
+pub async fn connect_diesel(
+    url: &str,
+    timeouts: Timeouts,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let (client, connection) = open(url, &timeouts)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 
 /// Applies the embedded migrations under an advisory lock, so that several instances may
@@ -211,8 +263,22 @@ fn migrate_blocking(url: &str) -> Result<(), DbError> {
         url: redact_url(url),
         message,
     };
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+    // The synchronous wrapper blocks on the runtime it is created in; a multi-threaded one
+    // keeps driving the connection meanwhile.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .map_err(|e| failed(e.to_string()))?;
+    let _entered = runtime.enter();
+    let connection = runtime.block_on(async {
+        // Migrations may rightly take long: only the connect and keep-alive bound them.
+        let (client, connection) = open(url, &Timeouts::default()).await?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection)
+            .await
+            .map_err(|e| failed(e.to_string()))
+    })?;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
         .map_err(|e| failed(e.to_string()))?;
     let result = conn

@@ -7,8 +7,8 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -24,11 +24,16 @@ pub struct DbPool {
     timeouts: Timeouts,
 }
 
-/// A pool that connects lazily: building it never touches the network. Making a connection is
-/// bounded by the connect timeout, checking an idle one before reuse and each query by the
-/// statement timeout.
+/// A pool that connects lazily: building it never touches the network. Its connections are
+/// opened like every other of the service, TLS as the URL says. Making a connection is bounded
+/// by the connect timeout, checking an idle one before reuse and each query by the statement
+/// timeout.
 pub fn pool(url: &str, size: usize, timeouts: &Timeouts) -> Result<DbPool, String> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let mut config = ManagerConfig::default();
+    let connect_timeouts = *timeouts;
+    config.custom_setup =
+        Box::new(move |url| Box::pin(crate::db::connect_diesel(url, connect_timeouts)));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let pool = Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)

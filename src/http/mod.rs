@@ -2,6 +2,7 @@
 //! dashboard.
 
 pub mod api;
+pub mod auth;
 pub mod dashboard;
 pub mod openapi;
 pub mod prometheus;
@@ -37,7 +38,10 @@ fn not_ready_reason(stats: &Stats) -> Option<String> {
         });
     }
     if !stats.consumer_joined.load(Ordering::Relaxed) {
-        return Some("Kafka consumer has not joined its group yet".into());
+        return Some(match stats.kafka_error() {
+            Some(e) => format!("Kafka broker unreachable: {e}"),
+            None => "Kafka consumer has not joined its group yet".into(),
+        });
     }
     if let Some(e) = stats.dead_letter_topic_error() {
         return Some(e);

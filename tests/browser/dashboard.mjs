@@ -12,6 +12,9 @@
 //   CHROMIUM               the browser binary (default /usr/bin/chromium)
 //   DASHBOARD_SCREENSHOT   if set, a full-page PNG is written there
 //   DASHBOARD_TIMEOUT_MS   how long to wait for the pods (default 30000)
+//   DASHBOARD_TOKEN        the service's HTTP_AUTH_TOKEN: the page must first be refused
+//                          without credentials (401, Basic challenge), then is opened with the
+//                          token as the HTTP Basic password, as a browser's prompt sends it
 
 import { chromium } from 'playwright-core';
 
@@ -19,6 +22,7 @@ const USAGE = 'usage: node tests/browser/dashboard.mjs http://127.0.0.1:PORT POD
 const BACKPRESSURE_STATES = ['ok', 'throttled', 'paused'];
 const POD_TIMEOUT_MS = Number(process.env.DASHBOARD_TIMEOUT_MS) || 30_000;
 const REFRESH_TIMEOUT_MS = 15_000;
+const TOKEN = process.env.DASHBOARD_TOKEN || '';
 
 function fail(message) {
   // Playwright's messages carry terminal colour codes; logs read better without them.
@@ -68,7 +72,23 @@ async function screenshot(page) {
 let summary;
 let page;
 try {
-  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  if (TOKEN) {
+    // Without credentials the service refuses the page and asks for Basic credentials (the
+    // page's own request: headless Chromium has no prompt to show, it fails the navigation).
+    const anonymous = await browser.newContext();
+    const refused = await anonymous.request.get(pageUrl, { timeout: 30_000 });
+    const challenge = refused.headers()['www-authenticate'] || '';
+    await anonymous.close();
+    if (refused.status() !== 401 || !challenge.includes('Basic realm="panopticon"')) {
+      throw new Error(
+        `without credentials GET ${pageUrl} answered ${refused.status()} (WWW-Authenticate: ${challenge}), not 401 with a Basic challenge`,
+      );
+    }
+  }
+  const context = await browser.newContext({
+    viewport: { width: 1440, height: 900 },
+    ...(TOKEN ? { httpCredentials: { username: 'panopticon', password: TOKEN } } : {}),
+  });
   page = await context.newPage();
 
   page.on('console', (msg) => {

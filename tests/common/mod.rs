@@ -10,6 +10,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -38,7 +39,7 @@ pub fn broker() -> &'static str {
     })
 }
 
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU") {
         return PathBuf::from(path);
     }
@@ -122,21 +123,27 @@ pub async fn create_topic(name: &str) {
 
 /// [`create_topic`] on the broker at `brokers`.
 pub async fn create_topic_on(brokers: &str, name: &str) {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    create_topic_with(&client, name).await;
+}
+
+/// [`create_topic`] on the broker `client` connects to.
+pub async fn create_topic_with(client: &ClientConfig, name: &str) {
     let dlq = format!("{name}.dlq");
-    create_topics_on(brokers, &[(name, PARTITIONS), (dlq.as_str(), 1)]).await;
+    create_topics_with(client, &[(name, PARTITIONS), (dlq.as_str(), 1)]).await;
 }
 
 /// Creates each topic with its number of partitions.
 pub async fn create_topics(topics: &[(&str, i32)]) {
-    create_topics_on(broker(), topics).await
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    create_topics_with(&client, topics).await
 }
 
-/// [`create_topics`] on the broker at `brokers`.
-pub async fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+/// [`create_topics`] on the broker `client` connects to.
+pub async fn create_topics_with(client: &ClientConfig, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
     // One topic a request: tansu answers only the first topic of a multi-topic request.
     for (topic, partitions) in topics {
         let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(1));
@@ -175,8 +182,14 @@ pub fn topic_names() -> Vec<String> {
 /// mid-batch (after a pause, a restart or a rebalance) would miss records through no fault
 /// of theirs.
 pub fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker())
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    producer_on(client)
+}
+
+/// [`producer`] of the broker `client` connects to.
+pub fn producer_on(mut client: ClientConfig) -> FutureProducer {
+    client
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
         .create()
@@ -541,10 +554,20 @@ pub fn now_ms() -> i64 {
 
 /// Reads every record of a topic from the beginning until `expected` were read or 30 s pass.
 pub async fn consume_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", broker());
+    consume_all_on(client, topic, expected).await
+}
+
+/// [`consume_all`] from the broker `client` connects to.
+pub async fn consume_all_on(
+    mut client: ClientConfig,
+    topic: &str,
+    expected: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
     use futures_util::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+    let consumer: StreamConsumer = client
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -156,7 +156,26 @@ impl OwnPostgres {
         self.running = false;
     }
 
-    /// Appends settings to the server's `postgresql.conf`; they apply from the next start.
+    /// Puts a file into the data directory, readable by the server only (as it wants its
+    /// key), and returns its path.
+    pub fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data.join(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        if as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown postgres {} failed", path.display());
+        }
+        path
+    }
+
+    /// Appends settings to `postgresql.conf`; they apply from the next [`OwnPostgres::restart`].
     pub fn configure(&self, settings: &str) {
         let conf = self.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf)
@@ -165,6 +184,12 @@ impl OwnPostgres {
         text.push_str(settings);
         text.push('\n');
         std::fs::write(&conf, text).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+    }
+
+    /// Replaces `pg_hba.conf`; it applies from the next [`OwnPostgres::restart`].
+    pub fn set_hba(&self, rules: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
     }
 
     /// Runs SQL with psql against `database` and returns its unaligned, tuples-only output.

@@ -1,0 +1,272 @@
+//! What the TLS and SASL tests need: certificates made by the `openssl` CLI (a CA, a server
+//! certificate it signs for `localhost`, a client certificate, and a second CA that signed
+//! none of them), and a Kafka-protocol broker behind a real TLS terminator: tansu 0.6.0 cannot
+//! take a certificate and a key at once, so `socat OPENSSL-LISTEN` terminates TLS in front of
+//! it and the broker advertises socat's port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+
+/// Certificates in a temporary directory, removed on drop.
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    /// A CA; a server certificate for `localhost` (no IP address: connecting by `127.0.0.1`
+    /// is a host name mismatch); a client certificate for the user `panopticon`; another CA.
+    pub fn make() -> Certs {
+        let dir = tempfile::Builder::new()
+            .prefix("test-certs-")
+            .tempdir()
+            .expect("temporary directory for certificates");
+        let certs = Certs { dir };
+        certs.ca("ca", "Panopticon Test CA");
+        certs.ca("other-ca", "Somebody Else's CA");
+        certs.signed(
+            "server",
+            "localhost",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        certs.signed("client", "panopticon", "extendedKeyUsage=clientAuth\n");
+        std::fs::write(certs.path("not-pem.pem"), "this is no certificate\n").unwrap();
+        certs
+    }
+
+    /// `ca.pem`, `ca.key`, `other-ca.pem`, `server.pem`, `server.key`, `client.pem`,
+    /// `client.key`, `not-pem.pem`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
+    fn ca(&self, name: &str, subject: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={subject}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+
+    fn signed(&self, name: &str, common_name: &str, extensions: &str) {
+        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={common_name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run openssl (install the openssl package)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// A process ended when dropped, and by a watchdog should the test process die first.
+pub struct Guarded {
+    child: Child,
+}
+
+impl Guarded {
+    pub fn spawn(mut command: Command) -> Guarded {
+        let log = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 0.5; done; kill {child} 2>/dev/null",
+            parent = std::process::id(),
+            child = child.id()
+        );
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a watchdog");
+        std::thread::spawn(move || watchdog.wait());
+        Guarded { child }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// tansu behind socat: clients speak TLS to `localhost:<port>`, which the broker advertises.
+pub struct TlsBroker {
+    /// `localhost:<port>` of the TLS terminator.
+    pub address: String,
+    tls_port: u16,
+    inner_port: u16,
+    tansu: PathBuf,
+    dir: tempfile::TempDir,
+    broker: Option<Guarded>,
+    _terminator: Guarded,
+}
+
+impl TlsBroker {
+    /// Starts `tansu` with `storage` (a URL; `sqlite://…` is relative to a directory of the
+    /// broker's own) and socat in front of it, with the server certificate of `certs`.
+    pub fn start(certs: &Certs, tansu: &Path, storage: &str) -> TlsBroker {
+        let dir = tempfile::Builder::new()
+            .prefix("tls-broker-")
+            .tempdir()
+            .expect("temporary directory for the broker");
+        let inner_port = super::free_port();
+        let tls_port = super::free_port();
+        let mut socat = Command::new("socat");
+        socat.arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            certs.path("server.pem").display(),
+            certs.path("server.key").display()
+        ));
+        socat.arg(format!("TCP:127.0.0.1:{inner_port}"));
+        let terminator = Guarded::spawn(socat);
+        let mut broker = TlsBroker {
+            address: format!("localhost:{tls_port}"),
+            tls_port,
+            inner_port,
+            tansu: tansu.to_owned(),
+            dir,
+            broker: None,
+            _terminator: terminator,
+        };
+        broker.run_broker(storage, false);
+        wait_for_port(tls_port, "socat");
+        broker
+    }
+
+    /// Restarts the broker on the same storage, requiring SASL authentication or not.
+    pub fn restart(&mut self, storage: &str, authentication: bool) {
+        self.broker = None;
+        self.run_broker(storage, authentication);
+    }
+
+    /// Runs the broker's own command line tool against its plaintext port (`user create …`,
+    /// `topic create …`).
+    pub fn tool(&self, args: &[&str]) {
+        let broker = format!("tcp://127.0.0.1:{}", self.inner_port);
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--broker", &broker]);
+        let output = Command::new(&self.tansu)
+            .args(&full)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {full:?}: {e}", self.tansu.display()));
+        assert!(
+            output.status.success(),
+            "tansu {full:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn run_broker(&mut self, storage: &str, authentication: bool) {
+        let mut tansu = Command::new(&self.tansu);
+        tansu
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.inner_port))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://localhost:{}", self.tls_port))
+            .arg("--storage-engine")
+            .arg(storage)
+            .current_dir(self.dir.path());
+        if authentication {
+            tansu.arg("--authentication");
+        }
+        self.broker = Some(Guarded::spawn(tansu));
+        wait_for_port(self.inner_port, "tansu");
+    }
+}
+
+/// librdkafka settings for a test client of a TLS broker, trusting `ca`.
+pub fn tls_client(address: &str, ca: &Path) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", address)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.to_string_lossy());
+    config
+}
