@@ -40,6 +40,18 @@
 //! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
 //! | `BENCH_PROFILE` | | a command run during the drain, `{pid}` standing for the service's process id, stopped with SIGINT once the last row is in, e.g. `perf record -g -o target/drain.perf -p {pid}` |
 //! | `BENCH_LOG` | | `1`: echo the service's log |
+//! | `BENCH_SOAK_SECS` | | run the soak instead (below) for this many seconds |
+//! | `BENCH_SOAK_RATE`, `BENCH_SOAK_BAD_EVERY_MS` | 5000, 1000 | the soak's valid messages a second, and one bad message every so often |
+//! | `BENCH_SOAK_REPORT_SECS` | 60 | how often the soak samples the service |
+//! | `BENCH_SOAK_LINGER_MS` | 100 | the soak producer's `linger.ms` |
+//!
+//! Soak mode (`BENCH_SOAK_SECS=1800 cargo bench --bench pipeline`, `benches/pipeline/soak.rs`):
+//! a fresh service takes a steady stream with a bad message every second; each interval the
+//! bench samples its resident memory, open descriptors, threads and database connections, and
+//! at the end checks that every metric was stored once and every bad message dead-lettered,
+//! and whether the figures stayed flat. The producer batches for up to 100 ms: tansu's memory
+//! storage lists every batch of a partition on each fetch, so fewer, larger batches keep the
+//! broker's cost from growing into the figures over a long run. Report: `target/bench-soak.json`.
 //!
 //! The broker must answer a fetch that starts inside a record batch with that batch, as Kafka
 //! does: the service pauses and resumes its partitions under backpressure, and librdkafka
@@ -82,6 +94,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
+#[path = "pipeline/soak.rs"]
+mod soak;
+
 const COLUMNS: &str = "system_metrics (time, service, pod_name, cpu, memory, namespace, node_name)";
 /// The service's defaults the targets refer to.
 const BATCH_MAX_WAIT_MS: f64 = 500.0;
@@ -112,6 +127,8 @@ struct Settings {
     /// `TANSU` was set: use that broker or fail, never build one.
     tansu_chosen: bool,
     echo_log: bool,
+    /// `BENCH_SOAK_SECS` is set: the soak runs instead of everything else.
+    soak: Option<soak::Soak>,
 }
 
 fn env_num<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
@@ -138,6 +155,16 @@ impl Settings {
             Err(_) if cargo_home.join("bin/tansu").exists() => cargo_home.join("bin/tansu"),
             Err(_) => PathBuf::from("tansu"),
         };
+        let soak = match std::env::var("BENCH_SOAK_SECS") {
+            Ok(_) => Some(soak::Soak {
+                secs: env_num("BENCH_SOAK_SECS", 0)?,
+                rate: env_num("BENCH_SOAK_RATE", 5_000)?,
+                bad_every_ms: env_num("BENCH_SOAK_BAD_EVERY_MS", 1_000)?,
+                report_secs: env_num("BENCH_SOAK_REPORT_SECS", 60)?,
+                linger_ms: env_num("BENCH_SOAK_LINGER_MS", 100)?,
+            }),
+            Err(_) => None,
+        };
         let settings = Settings {
             messages: env_num("BENCH_MESSAGES", 1_000_000)?,
             pods: env_num("BENCH_PODS", 500)?,
@@ -161,7 +188,13 @@ impl Settings {
                 })
                 .collect::<anyhow::Result<_>>()?,
             json: std::env::var("BENCH_JSON")
-                .unwrap_or_else(|_| "target/bench-pipeline.json".into())
+                .unwrap_or_else(|_| {
+                    if soak.is_some() {
+                        "target/bench-soak.json".into()
+                    } else {
+                        "target/bench-pipeline.json".into()
+                    }
+                })
                 .into(),
             admin_url: std::env::var("BENCH_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
@@ -171,6 +204,7 @@ impl Settings {
             tansu,
             tansu_chosen,
             echo_log: std::env::var_os("BENCH_LOG").is_some(),
+            soak,
         };
         ensure!(settings.messages > 0, "BENCH_MESSAGES must be > 0");
         ensure!(settings.pods > 0, "BENCH_PODS must be > 0");
@@ -498,8 +532,8 @@ fn proc_ticks(pid: u32) -> u64 {
     proc_cpu(pid).map(|(_, t)| t).unwrap_or(0)
 }
 
-/// A `Vm…` line of `/proc/PID/status`, in KiB.
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+/// The number of a line of `/proc/PID/status`: KiB for the `Vm…` lines, a count for `Threads:`.
+fn proc_status_number(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -1045,7 +1079,7 @@ async fn drain(
         }
         if count >= n {
             let snapshot = CpuSnapshot::take(pid, broker_pid);
-            break (snapshot, proc_status_kib(pid, "VmHWM:").unwrap_or(0));
+            break (snapshot, proc_status_number(pid, "VmHWM:").unwrap_or(0));
         }
         if count != last_change.1 {
             last_change = (now, count);
@@ -1597,7 +1631,7 @@ async fn latency(
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = CpuSnapshot::take(pid, broker_pid);
-    let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let hwm_kib = proc_status_number(pid, "VmHWM:").unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     let (samples, checks, mismatches) =
         within(Duration::from_secs(30), "poller", poller).await???;
@@ -1675,8 +1709,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let load_at_start = loadavg();
+    let what = match settings.soak {
+        Some(soak) => format!("soak of {} s", soak.secs),
+        None => format!("{n} messages"),
+    };
     step(&format!(
-        "{n} messages, {} pods, {} partitions; {cpus} CPUs, load average {load_at_start}",
+        "{what}, {} pods, {} partitions; {cpus} CPUs, load average {load_at_start}",
         settings.pods, settings.partitions
     ));
     drop_leftover_databases(&settings.admin_url).await?;
@@ -1688,6 +1726,36 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let (mut broker_process, mut broker) = start_tansu(&settings)?;
     let mut fetches_right = fetches_inside_batches(&broker).await?;
+    if let Some(soak) = settings.soak {
+        if !fetches_right {
+            eprintln!(
+                "WARNING: the broker ({}) answers a fetch that starts inside a record batch with \
+                 the next batch. A steady stream never fetches from inside a batch, but should \
+                 the service pause its partitions, records would be lost, and the count at the \
+                 end would say so.",
+                settings.tansu.display()
+            );
+        }
+        step(&format!(
+            "soak: {} msg/s for {} s, a bad message every {} ms",
+            soak.rate, soak.secs, soak.bad_every_ms
+        ));
+        checkpoint(&settings.admin_url).await;
+        let mut report = soak::run(&settings, soak, &broker, broker_process.pid(), tck).await?;
+        drop(broker_process);
+        report["machine"] = json!({
+            "cpus": cpus,
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": loadavg(),
+            "postgres": pg_version,
+            "broker": settings.tansu.display().to_string(),
+            "broker_fetches_inside_batches": fetches_right,
+        });
+        let table = soak::table(&report);
+        println!("{table}");
+        report["table"] = Value::String(table);
+        return write_report(&settings.json, &report);
+    }
     let mut settings = settings;
     if !fetches_right && !settings.tansu_chosen && settings.preload_batch > 1 {
         step(&format!(
@@ -2033,11 +2101,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "targets": targets,
         "table": out,
     });
-    if let Some(dir) = settings.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+    write_report(&settings.json, &report)
+}
+
+fn write_report(path: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&settings.json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", settings.json.display()))?;
-    step(&format!("report written to {}", settings.json.display()));
+    std::fs::write(path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    step(&format!("report written to {}", path.display()));
     Ok(())
 }

@@ -54,34 +54,56 @@ pub struct FlushReport {
     pub trigger: Trigger,
 }
 
-/// What the consumer knows of one assigned partition.
+/// What the consumer knows of one assigned partition. `/status` and `/metrics` show the three
+/// public figures together, so they are worked out together from everything known, each time
+/// any input changes (see [`watermark_and_lag`]): the watermark is never behind the committed
+/// offset, and the lag is never negative.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PartitionReport {
     /// Next offset whose rows are committed to the database and the offset to Kafka.
     pub committed_offset: Option<i64>,
+    /// The end of the partition as far as this instance knows it.
     pub high_watermark: Option<i64>,
+    /// Records of the partition not yet committed.
     pub lag: Option<i64>,
+    /// The high watermark in librdkafka's last statistics: up to `statistics.interval.ms` old.
+    #[serde(skip)]
+    reported_high: Option<i64>,
+    /// Next offset after the newest record read: the partition reaches at least that far.
+    #[serde(skip)]
+    read_to: Option<i64>,
+    /// librdkafka's own lag estimate, for the time before this instance has committed.
+    #[serde(skip)]
+    lag_estimate: Option<i64>,
 }
 
 impl PartitionReport {
     /// Rows up to `next` are committed.
     pub fn committed(&mut self, next: i64) {
         self.committed_offset = Some(next);
-        self.update_lag(None);
+        self.update();
     }
 
-    /// librdkafka's statistics: the high watermark, and its own lag estimate, used until this
-    /// instance has committed something.
+    /// Records up to `next` (exclusive) were read from the partition.
+    pub fn read(&mut self, next: i64) {
+        self.read_to = self.read_to.max(Some(next));
+        self.update();
+    }
+
+    /// librdkafka's statistics: the high watermark and its lag estimate; -1 means unknown.
     pub fn observed(&mut self, high_watermark: i64, consumer_lag: i64) {
-        self.high_watermark = Some(high_watermark);
-        self.update_lag(Some(consumer_lag));
+        self.reported_high = Some(high_watermark).filter(|h| *h >= 0);
+        self.lag_estimate = Some(consumer_lag).filter(|l| *l >= 0);
+        self.update();
     }
 
-    fn update_lag(&mut self, estimate: Option<i64>) {
-        self.lag = match (self.high_watermark, self.committed_offset) {
-            (Some(high), Some(committed)) => Some((high - committed).max(0)),
-            _ => estimate.map(|lag| lag.max(0)).or(self.lag),
-        };
+    fn update(&mut self) {
+        (self.high_watermark, self.lag) = watermark_and_lag(
+            self.reported_high,
+            self.read_to,
+            self.committed_offset,
+            self.lag_estimate,
+        );
     }
 }
 
@@ -92,6 +114,28 @@ pub struct HeldPartition {
     /// Offset of the message waiting to be dead-lettered.
     pub offset: i64,
     pub reason: String,
+}
+
+/// The high watermark and lag to show for a partition. The broker's high watermark reaches
+/// the service only with librdkafka's statistics, every `statistics.interval.ms`, while
+/// records are read and committed continuously, so on its own it falls behind what was read.
+/// The partition reaches at least as far as the newest record read (`read_to`) and the
+/// committed offset: the watermark shown is the greatest of the three, and the lag the
+/// distance from the committed offset to it. The lag then counts every record read but not
+/// yet committed, and misses only records the broker took since the last statistics. Before
+/// anything is committed, librdkafka's estimate stands in.
+pub fn watermark_and_lag(
+    reported_high: Option<i64>,
+    read_to: Option<i64>,
+    committed: Option<i64>,
+    estimate: Option<i64>,
+) -> (Option<i64>, Option<i64>) {
+    let high = reported_high.max(read_to).max(committed);
+    let lag = match (high, committed) {
+        (Some(high), Some(committed)) => Some(high - committed),
+        _ => estimate.map(|lag| lag.max(0)),
+    };
+    (high, lag)
 }
 
 /// Everything `/status` reports, updated by the actors as they work.
@@ -206,6 +250,18 @@ impl Stats {
         }
     }
 
+    /// Records that records up to these offsets were read, `(partition, offset)` of each.
+    pub fn record_read(&self, records: impl IntoIterator<Item = (i32, i64)>) {
+        let Ok(mut partitions) = self.partitions.lock() else {
+            return;
+        };
+        for (partition, offset) in records {
+            if let Some(report) = partitions.get_mut(&partition) {
+                report.read(offset + 1);
+            }
+        }
+    }
+
     pub fn count_rejection(&self, reason: Reason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -293,12 +349,22 @@ mod tests {
     fn lag_is_the_high_watermark_less_the_committed_offset_once_both_are_known() {
         let mut report = PartitionReport::default();
         report.committed(40);
-        assert_eq!(report.lag, None, "no high watermark yet");
+        assert_eq!(
+            report.high_watermark,
+            Some(40),
+            "at least the committed offset"
+        );
+        assert_eq!(report.lag, Some(0));
         report.observed(100, 75);
         assert_eq!(report.lag, Some(60));
         report.committed(90);
         assert_eq!(report.lag, Some(10));
         report.committed(120);
+        assert_eq!(
+            report.high_watermark,
+            Some(120),
+            "never behind the committed offset"
+        );
         assert_eq!(report.lag, Some(0), "never negative");
 
         let mut fresh = PartitionReport::default();
@@ -308,5 +374,50 @@ mod tests {
             Some(75),
             "librdkafka's estimate before any commit"
         );
+        let mut unknown = PartitionReport::default();
+        unknown.observed(-1, -1);
+        assert_eq!((unknown.high_watermark, unknown.lag), (None, None));
+    }
+
+    #[test]
+    fn the_watermark_is_never_behind_what_was_read_or_committed() {
+        // Statistics 5 s old say 100; since then records up to 250 were read, 200 committed.
+        assert_eq!(
+            watermark_and_lag(Some(100), Some(250), Some(200), Some(0)),
+            (Some(250), Some(50))
+        );
+        // Everything read is committed, and the statistics have not caught up.
+        assert_eq!(
+            watermark_and_lag(Some(100), Some(250), Some(250), None),
+            (Some(250), Some(0))
+        );
+        // The statistics know of records not read yet.
+        assert_eq!(
+            watermark_and_lag(Some(300), Some(250), Some(200), None),
+            (Some(300), Some(100))
+        );
+        // No statistics yet.
+        assert_eq!(
+            watermark_and_lag(None, Some(10), Some(7), None),
+            (Some(10), Some(3))
+        );
+        // Nothing committed yet: librdkafka's estimate, never negative.
+        assert_eq!(
+            watermark_and_lag(Some(50), Some(20), None, Some(30)),
+            (Some(50), Some(30))
+        );
+        assert_eq!(watermark_and_lag(None, None, None, None), (None, None));
+    }
+
+    #[test]
+    fn reading_moves_the_watermark_and_the_lag_with_it() {
+        let mut report = PartitionReport::default();
+        report.observed(10, 10);
+        report.read(25);
+        report.committed(20);
+        assert_eq!((report.high_watermark, report.lag), (Some(25), Some(5)));
+        // An older record read again (a redelivery) does not move the end back.
+        report.read(12);
+        assert_eq!((report.high_watermark, report.lag), (Some(25), Some(5)));
     }
 }

@@ -539,6 +539,9 @@ impl Reader {
                 .consumer
                 .records
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            // Before the hand-off, so no offset is committed that was not counted as read.
+            self.stats
+                .record_read(chunk.records.iter().map(|r| (r.partition, r.offset)));
             if !self.hand_off(chunk).await {
                 break;
             }
