@@ -34,7 +34,12 @@ CREATE TABLE kafka_offsets (
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-       AND current_setting('shared_preload_libraries') ~ '(^|[\s,"/])timescaledb($|[\s,"])' THEN
+       AND coalesce((SELECT setting ~ '(^|[\s,"/])timescaledb($|[\s,"])' FROM pg_settings
+                     WHERE name = 'shared_preload_libraries'),
+                    -- A user who may not read the setting: the preloaded library's own settings.
+                    EXISTS (SELECT 1 FROM pg_settings
+                            WHERE name = 'timescaledb.max_background_workers'
+                              AND vartype = 'integer')) THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
             PERFORM create_hypertable('system_metrics', 'time',

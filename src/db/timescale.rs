@@ -27,7 +27,8 @@ pub struct ServerState {
     /// Version of the installed extension package, if any.
     pub available: Option<String>,
     /// Whether `shared_preload_libraries` lists it: without that, `CREATE EXTENSION` ends the
-    /// connection with FATAL "extension must be preloaded".
+    /// connection with FATAL "extension must be preloaded". A user who may not read that
+    /// setting sees instead whether the preloaded library registered its own settings.
     pub preloaded: bool,
     /// Version of the extension created in this database, if it is.
     pub created: Option<String>,
@@ -40,7 +41,11 @@ impl ServerState {
         let row = client
             .query_one(
                 r#"SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
-                          current_setting('shared_preload_libraries') ~ '(^|[\s,"/])timescaledb($|[\s,"])',
+                          coalesce((SELECT setting ~ '(^|[\s,"/])timescaledb($|[\s,"])' FROM pg_settings
+                                    WHERE name = 'shared_preload_libraries'),
+                                   EXISTS (SELECT 1 FROM pg_settings
+                                           WHERE name = 'timescaledb.max_background_workers'
+                                             AND vartype = 'integer')),
                           (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
                           to_regclass('timescaledb_information.hypertables') IS NOT NULL"#,
                 &[],
