@@ -56,6 +56,20 @@ pub fn tansu_binary() -> PathBuf {
     }
 }
 
+/// Runs a watchdog shell script in the background, its output discarded: it ends a server of
+/// the test's own once the test process is gone, since statics are never dropped.
+pub fn spawn_watchdog(script: &str) {
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a watchdog");
+    std::thread::spawn(move || watchdog.wait());
+}
+
 /// Starts tansu on a free port. A watchdog shell ends it when this test process exits, since
 /// statics are never dropped.
 fn start_tansu() -> String {

@@ -36,15 +36,8 @@ impl OwnPostgres {
             .tempdir()
             .expect("temporary directory for PostgreSQL");
         let root = dir.path().to_path_buf();
-        if as_root() {
-            // initdb and postgres refuse to run as root: the cluster belongs to `postgres`.
-            let status = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&root)
-                .status()
-                .expect("run chown");
-            assert!(status.success(), "chown postgres {} failed", root.display());
-        }
+        // initdb and postgres refuse to run as root: the cluster belongs to `postgres`.
+        give_to_postgres(&root);
         let data = root.join("data");
         let log = root.join("server.log");
         let mut pg = OwnPostgres {
@@ -164,14 +157,7 @@ impl OwnPostgres {
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        if as_root() {
-            let status = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&path)
-                .status()
-                .expect("run chown");
-            assert!(status.success(), "chown postgres {} failed", path.display());
-        }
+        give_to_postgres(&path);
         path
     }
 
@@ -341,15 +327,7 @@ impl OwnPostgres {
             root = self.root.display(),
             data = self.data.display(),
         );
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the PostgreSQL watchdog");
-        std::thread::spawn(move || watchdog.wait());
+        super::spawn_watchdog(&script);
     }
 }
 
@@ -436,4 +414,17 @@ pub fn timescaledb_installed() -> bool {
         .join(version)
         .join("extension/timescaledb.control")
         .exists()
+}
+
+/// Makes `path` belong to `postgres` where the tests run as root, as the server wants its files.
+fn give_to_postgres(path: &Path) {
+    if !as_root() {
+        return;
+    }
+    let status = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown postgres {} failed", path.display());
 }

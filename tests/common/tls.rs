@@ -142,15 +142,7 @@ impl Guarded {
             parent = std::process::id(),
             child = child.id()
         );
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a watchdog");
-        std::thread::spawn(move || watchdog.wait());
+        super::spawn_watchdog(&script);
         Guarded { child }
     }
 }
