@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use futures_util::SinkExt;
-use panopticon::db::{self, OffsetAdvance, OffsetScope};
+use panopticon::db::{self, OffsetScope};
 use panopticon::domain::{Rules, ValidMetric};
+use panopticon::offsets::OffsetAdvance;
 use panopticon::simulate::Simulator;
 use tokio_postgres::Client;
 

@@ -48,154 +48,261 @@ pub enum Command {
     Simulate(Box<SimulateArgs>),
 }
 
-/// Everything the ingester needs to run.
+/// Everything the ingester needs to run, in one group per part of the service that uses it.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
-    pub kafka_brokers: String,
-
-    /// Topic the metrics are consumed from.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "metrics.system")]
-    pub kafka_topic: String,
-
-    /// Kafka consumer group; instances sharing it share the topic's partitions.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "panopticon")]
-    pub kafka_group_id: String,
-
-    /// Topic every message that cannot be stored is dead-lettered to, with the reason in its
-    /// headers.
-    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "metrics.system.dlq")]
-    pub kafka_dlq_topic: String,
-
-    /// Partitions of the dead-letter topic when Panopticon creates it at start-up (it does so
-    /// only where the topic is missing; the replication factor is the broker's default).
-    #[arg(long, env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
-    pub kafka_dlq_partitions: i32,
-
-    /// Longest wait for an answer from a Kafka broker, and for a new connection to one; past
-    /// it the connection is closed and made again (ms). Consumer and dead-letter producer.
-    #[arg(long, env = "KAFKA_SOCKET_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
-    pub kafka_socket_timeout_ms: u64,
-
-    /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
-    /// override Panopticon's own consumer defaults.
-    #[arg(long, env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
-    pub kafka_consumer_config: Properties,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     #[command(flatten)]
-    pub kafka_security: KafkaSecurity,
+    pub database: DatabaseSettings,
 
-    /// PostgreSQL/TimescaleDB connection URL; libpq's `sslmode` (disable, prefer, require,
-    /// verify-ca, verify-full), `sslrootcert`, `sslcert` and `sslkey` apply.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://admin:admin123@localhost:5433/panopticon"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub validator: ValidatorSettings,
 
-    /// Longest wait for a new database connection: TCP, TLS, authentication (ms).
-    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub database_connect_timeout_ms: u64,
+    #[command(flatten)]
+    pub batching: BatchSettings,
 
-    /// Longest wait for the answer to one database round trip (a statement, a COPY, a
-    /// commit); past it the connection is given up and a new one made (ms).
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub database_statement_timeout_ms: u64,
+    #[command(flatten)]
+    pub api: ApiSettings,
 
-    /// TCP keep-alive of database connections: one silent this long is probed, every third of
-    /// it after, and closed after three unanswered probes (ms, whole seconds).
-    #[arg(long, env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
-    pub database_keepalive_ms: u64,
-
-    /// File holding the database URL (a trailing newline is ignored).
-    #[arg(long, env = "DATABASE_URL_FILE")]
-    pub database_url_file: Option<PathBuf>,
-
-    /// Port of the HTTP server (0 picks a free port).
-    #[arg(long, env = "HTTP_PORT", default_value_t = 3001)]
-    pub http_port: u16,
-
-    /// Address the HTTP server binds to.
-    #[arg(long, env = "HTTP_HOST", default_value = "0.0.0.0")]
-    pub http_host: String,
-
-    /// Token the dashboard, `/status` and `/api/v1` require, as `Authorization: Bearer` or as
-    /// the HTTP Basic password (prefer HTTP_AUTH_TOKEN_FILE); unset: open to anyone.
-    #[arg(long, env = "HTTP_AUTH_TOKEN", hide_env_values = true)]
-    pub http_auth_token: Option<Secret>,
-
-    /// File holding the HTTP token (a trailing newline is ignored).
-    #[arg(long, env = "HTTP_AUTH_TOKEN_FILE")]
-    pub http_auth_token_file: Option<PathBuf>,
-
-    /// Whether `/metrics` requires the HTTP token too (it is open by default, for scrapers).
-    #[arg(long, env = "METRICS_REQUIRE_AUTH", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
-    pub metrics_require_auth: bool,
-
-    /// A batch is flushed to the database when it holds this many rows.
-    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub batch_max_rows: u32,
-
-    /// A batch is flushed to the database when its oldest row has waited this long (ms).
-    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub batch_max_wait_ms: u64,
-
-    /// Most Kafka records the consumer hands to the validator in one chunk.
-    #[arg(long, env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub consumer_chunk_max: u32,
-
-    /// Mailbox capacity of the validator, in chunks.
-    #[arg(long, env = "VALIDATOR_MAILBOX_CAPACITY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub validator_mailbox_capacity: u32,
-
-    /// Mailbox capacity of the batch writer, in chunks.
-    #[arg(long, env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub writer_mailbox_capacity: u32,
-
-    /// How far in the future a metric's timestamp may lie (ms) before it is rejected.
-    #[arg(long, env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(0..=3_153_600_000_000))]
-    pub max_future_skew_ms: i64,
-
-    /// Most `[METRIC]` lines printed a second; the rest are summed up in one line.
-    #[arg(long, env = "METRIC_LOG_MAX_PER_SEC", default_value_t = 100)]
-    pub metric_log_max_per_sec: u32,
-
-    /// Most rows one REST request returns.
-    #[arg(long, env = "API_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub api_max_limit: u32,
-
-    /// Widest time range one REST request may cover, in hours.
-    #[arg(long, env = "API_MAX_RANGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
-    pub api_max_range_hours: u32,
-
-    /// Most buckets per group a series request may ask for (range / bucket).
-    #[arg(long, env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub api_max_buckets: u32,
-
-    /// Connections the REST API may hold to the database.
-    #[arg(long, env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub api_db_pool_size: u32,
-
-    /// Where TimescaleDB is present: compress chunks older than this (`off`: never).
-    #[arg(long, env = "TIMESCALE_COMPRESS_AFTER", default_value = "7d", value_parser = parse_policy_age)]
-    pub timescale_compress_after: PolicyAge,
-
-    /// Where TimescaleDB is present: drop chunks older than this (`off`: keep everything).
-    #[arg(long, env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
-    pub timescale_retention: PolicyAge,
+    #[command(flatten)]
+    pub timescale: TimescaleSettings,
 
     /// Most time (ms) a graceful shutdown may take to flush and commit before giving up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
 }
 
+/// The Kafka consumer's settings: where it reads, as whom, and how much at a time.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaSettings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(
+        id = "kafka_brokers",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "localhost:9092"
+    )]
+    pub brokers: String,
+
+    /// Topic the metrics are consumed from.
+    #[arg(
+        id = "kafka_topic",
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        default_value = "metrics.system"
+    )]
+    pub topic: String,
+
+    /// Kafka consumer group; instances sharing it share the topic's partitions.
+    #[arg(
+        id = "kafka_group_id",
+        long = "kafka-group-id",
+        env = "KAFKA_GROUP_ID",
+        default_value = "panopticon"
+    )]
+    pub group_id: String,
+
+    /// Topic every message that cannot be stored is dead-lettered to, with the reason in its
+    /// headers.
+    #[arg(
+        id = "kafka_dlq_topic",
+        long = "kafka-dlq-topic",
+        env = "KAFKA_DLQ_TOPIC",
+        default_value = "metrics.system.dlq"
+    )]
+    pub dlq_topic: String,
+
+    /// Partitions of the dead-letter topic when Panopticon creates it at start-up (it does so
+    /// only where the topic is missing; the replication factor is the broker's default).
+    #[arg(id = "kafka_dlq_partitions", long = "kafka-dlq-partitions", env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub dlq_partitions: i32,
+
+    /// Longest wait for an answer from a Kafka broker, and for a new connection to one; past
+    /// it the connection is closed and made again (ms). Consumer and dead-letter producer.
+    #[arg(id = "kafka_socket_timeout_ms", long = "kafka-socket-timeout-ms", env = "KAFKA_SOCKET_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub socket_timeout_ms: u64,
+
+    /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
+    /// override Panopticon's own consumer defaults.
+    #[arg(id = "kafka_consumer_config", long = "kafka-consumer-config", env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
+    pub consumer_config: Properties,
+
+    /// Most Kafka records the consumer hands to the validator in one chunk.
+    #[arg(id = "consumer_chunk_max", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub chunk_max: u32,
+
+    #[command(flatten)]
+    pub security: KafkaSecurity,
+}
+
+/// How every database connection is made and bounded: the writer's, the API's, start-up's.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseSettings {
+    /// PostgreSQL/TimescaleDB connection URL; libpq's `sslmode` (disable, prefer, require,
+    /// verify-ca, verify-full), `sslrootcert`, `sslcert` and `sslkey` apply.
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://admin:admin123@localhost:5433/panopticon"
+    )]
+    pub url: String,
+
+    /// File holding the database URL (a trailing newline is ignored).
+    #[arg(
+        id = "database_url_file",
+        long = "database-url-file",
+        env = "DATABASE_URL_FILE"
+    )]
+    pub url_file: Option<PathBuf>,
+
+    /// Longest wait for a new database connection: TCP, TLS, authentication (ms).
+    #[arg(id = "database_connect_timeout_ms", long = "database-connect-timeout-ms", env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub connect_timeout_ms: u64,
+
+    /// Longest wait for the answer to one database round trip (a statement, a COPY, a
+    /// commit); past it the connection is given up and a new one made (ms).
+    #[arg(id = "database_statement_timeout_ms", long = "database-statement-timeout-ms", env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub statement_timeout_ms: u64,
+
+    /// TCP keep-alive of database connections: one silent this long is probed, every third of
+    /// it after, and closed after three unanswered probes (ms, whole seconds).
+    #[arg(id = "database_keepalive_ms", long = "database-keepalive-ms", env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
+    pub keepalive_ms: u64,
+}
+
+/// The validator's settings: what it accepts and how much it queues and logs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Validation")]
+pub struct ValidatorSettings {
+    /// How far in the future a metric's timestamp may lie (ms) before it is rejected.
+    #[arg(id = "max_future_skew_ms", long = "max-future-skew-ms", env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(0..=3_153_600_000_000))]
+    pub max_future_skew_ms: i64,
+
+    /// Mailbox capacity of the validator, in chunks.
+    #[arg(id = "validator_mailbox_capacity", long = "validator-mailbox-capacity", env = "VALIDATOR_MAILBOX_CAPACITY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mailbox_capacity: u32,
+
+    /// Most "invalid message skipped" warnings logged a second; the rest are summed up in one
+    /// line (every rejected message is still counted and dead-lettered).
+    #[arg(
+        id = "rejection_log_max_per_sec",
+        long = "rejection-log-max-per-sec",
+        env = "REJECTION_LOG_MAX_PER_SEC",
+        default_value_t = 100
+    )]
+    pub rejection_log_max_per_sec: u32,
+}
+
+/// The batch writer's settings: when a batch is flushed, how much waits for it, what it logs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Batching")]
+pub struct BatchSettings {
+    /// A batch is flushed to the database when it holds this many rows.
+    #[arg(id = "batch_max_rows", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_rows: u32,
+
+    /// A batch is flushed to the database when its oldest row has waited this long (ms).
+    #[arg(id = "batch_max_wait_ms", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub max_wait_ms: u64,
+
+    /// Mailbox capacity of the batch writer, in chunks.
+    #[arg(id = "writer_mailbox_capacity", long = "writer-mailbox-capacity", env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mailbox_capacity: u32,
+
+    /// Most `[METRIC]` lines printed a second; the rest are summed up in one line.
+    #[arg(
+        id = "metric_log_max_per_sec",
+        long = "metric-log-max-per-sec",
+        env = "METRIC_LOG_MAX_PER_SEC",
+        default_value_t = 100
+    )]
+    pub metric_log_max_per_sec: u32,
+}
+
+/// The HTTP server's settings: where it listens, whom it answers, how much a query may ask.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP API")]
+pub struct ApiSettings {
+    /// Port of the HTTP server (0 picks a free port).
+    #[arg(
+        id = "http_port",
+        long = "http-port",
+        env = "HTTP_PORT",
+        default_value_t = 3001
+    )]
+    pub port: u16,
+
+    /// Address the HTTP server binds to.
+    #[arg(
+        id = "http_host",
+        long = "http-host",
+        env = "HTTP_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub host: String,
+
+    /// Token the dashboard, `/status` and `/api/v1` require, as `Authorization: Bearer` or as
+    /// the HTTP Basic password (prefer HTTP_AUTH_TOKEN_FILE); unset: open to anyone.
+    #[arg(
+        id = "http_auth_token",
+        long = "http-auth-token",
+        env = "HTTP_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<Secret>,
+
+    /// File holding the HTTP token (a trailing newline is ignored).
+    #[arg(
+        id = "http_auth_token_file",
+        long = "http-auth-token-file",
+        env = "HTTP_AUTH_TOKEN_FILE"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Whether `/metrics` requires the HTTP token too (it is open by default, for scrapers).
+    #[arg(id = "metrics_require_auth", long = "metrics-require-auth", env = "METRICS_REQUIRE_AUTH", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_require_auth: bool,
+
+    /// Most rows one REST request returns.
+    #[arg(id = "api_max_limit", long = "api-max-limit", env = "API_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_limit: u32,
+
+    /// Widest time range one REST request may cover, in hours.
+    #[arg(id = "api_max_range_hours", long = "api-max-range-hours", env = "API_MAX_RANGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+    pub max_range_hours: u32,
+
+    /// Most buckets per group a series request may ask for (range / bucket).
+    #[arg(id = "api_max_buckets", long = "api-max-buckets", env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_buckets: u32,
+
+    /// Connections the REST API may hold to the database.
+    #[arg(id = "api_db_pool_size", long = "api-db-pool-size", env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub db_pool_size: u32,
+}
+
+/// What TimescaleDB's jobs do with old data, where TimescaleDB is present.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TimescaleDB")]
+pub struct TimescaleSettings {
+    /// Where TimescaleDB is present: compress chunks older than this (`off`: never).
+    #[arg(id = "timescale_compress_after", long = "timescale-compress-after", env = "TIMESCALE_COMPRESS_AFTER", default_value = "7d", value_parser = parse_policy_age)]
+    pub compress_after: PolicyAge,
+
+    /// Where TimescaleDB is present: drop chunks older than this (`off`: keep everything).
+    #[arg(id = "timescale_retention", long = "timescale-retention", env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
+    pub retention: PolicyAge,
+}
+
 impl Settings {
     /// Reads the secrets given as files; a secret given both ways is refused.
     fn read_secret_files(&mut self, matches: &ArgMatches) -> Result<(), String> {
-        if let Some(path) = &self.database_url_file {
+        if let Some(path) = &self.database.url_file {
             let url_given = matches!(
                 matches.value_source("database_url"),
                 Some(ValueSource::EnvVariable | ValueSource::CommandLine)
@@ -203,20 +310,26 @@ impl Settings {
             if url_given {
                 return Err(both_set("DATABASE_URL"));
             }
-            self.database_url = read_secret_file("DATABASE_URL_FILE", path)?.0;
+            self.database.url = read_secret_file("DATABASE_URL_FILE", path)?.0;
         }
-        self.kafka_security.read_secret_files()?;
-        self.http_auth_token = secret_from_file(
+        self.kafka.security.read_secret_files()?;
+        self.api.auth_token = secret_from_file(
             "HTTP_AUTH_TOKEN",
-            self.http_auth_token.take(),
-            self.http_auth_token_file.as_deref(),
+            self.api.auth_token.take(),
+            self.api.auth_token_file.as_deref(),
         )?;
         Ok(())
     }
 
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl ApiSettings {
     /// Refuses HTTP settings that cannot work.
-    pub fn check_http(&self) -> Result<(), String> {
-        match &self.http_auth_token {
+    pub fn check(&self) -> Result<(), String> {
+        match &self.auth_token {
             Some(token) if token.expose().is_empty() => Err("HTTP_AUTH_TOKEN is empty".into()),
             None if self.metrics_require_auth => Err(
                 "METRICS_REQUIRE_AUTH=true needs HTTP_AUTH_TOKEN or HTTP_AUTH_TOKEN_FILE".into(),
@@ -224,20 +337,20 @@ impl Settings {
             _ => Ok(()),
         }
     }
+}
 
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
+impl BatchSettings {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
     }
+}
 
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
-    }
-
-    pub fn database_timeouts(&self) -> crate::db::Timeouts {
+impl DatabaseSettings {
+    pub fn timeouts(&self) -> crate::db::Timeouts {
         crate::db::Timeouts {
-            connect: Duration::from_millis(self.database_connect_timeout_ms),
-            statement: Duration::from_millis(self.database_statement_timeout_ms),
-            keepalive: Duration::from_millis(self.database_keepalive_ms),
+            connect: Duration::from_millis(self.connect_timeout_ms),
+            statement: Duration::from_millis(self.statement_timeout_ms),
+            keepalive: Duration::from_millis(self.keepalive_ms),
         }
     }
 }

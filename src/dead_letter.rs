@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::Backoff;
-use crate::kafka_security::KafkaSecurity;
+use crate::config::KafkaSettings;
 use crate::stats::{HeldPartition, Stats};
 
 /// Header names of a dead letter.
@@ -46,35 +46,26 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// A producer to `topic` over the same secured connection as the consumer's.
-    pub fn new(
-        brokers: &str,
-        security: &KafkaSecurity,
-        topic: &str,
-        source_topic: &str,
-        socket_timeout_ms: u64,
-    ) -> KafkaResult<DeadLetters> {
+    /// A producer to the dead-letter topic over the same secured connection as the
+    /// consumer's.
+    pub fn new(settings: &KafkaSettings) -> KafkaResult<DeadLetters> {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", brokers)
+            .set("bootstrap.servers", &settings.brokers)
             .set("client.id", "panopticon-dead-letters")
             // Missing, the topic is made at start-up with its own settings, or reported.
             .set("allow.auto.create.topics", "false")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
-        crate::actors::kafka_consumer::bound_network(&mut config, socket_timeout_ms);
-        security.apply(&mut config);
+        crate::kafka_security::bound_network(&mut config, settings.socket_timeout_ms);
+        settings.security.apply(&mut config);
         let producer = config.create()?;
         Ok(DeadLetters {
             producer,
-            topic: topic.to_owned(),
-            source_topic: source_topic.to_owned(),
+            topic: settings.dlq_topic.clone(),
+            source_topic: settings.topic.clone(),
         })
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Sends every letter and returns once the broker has acknowledged all of them, retrying

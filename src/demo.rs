@@ -14,24 +14,24 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupEr
     let cluster = MockCluster::new(1)
         .map_err(|e| StartupError::Runtime(format!("cannot start the in-process broker: {e}")))?;
     cluster
-        .create_topic(&settings.kafka_topic, 3, 1)
+        .create_topic(&settings.kafka.topic, 3, 1)
         .map_err(|e| StartupError::Runtime(format!("cannot create the demo topic: {e}")))?;
     cluster
-        .create_topic(&settings.kafka_dlq_topic, 1, 1)
+        .create_topic(&settings.kafka.dlq_topic, 1, 1)
         .map_err(|e| StartupError::Runtime(format!("cannot create the demo topic: {e}")))?;
-    settings.kafka_brokers = cluster.bootstrap_servers();
+    settings.kafka.brokers = cluster.bootstrap_servers();
     // The in-process broker speaks plaintext, whatever the environment says of real ones.
-    settings.kafka_security = KafkaSecurity::default();
+    settings.kafka.security = KafkaSecurity::default();
     log::info!(
         "demo: in-process Kafka broker at {} with topic {} (3 partitions)",
-        settings.kafka_brokers,
-        settings.kafka_topic
+        settings.kafka.brokers,
+        settings.kafka.topic
     );
     let app = Application::build(settings.clone())?;
     let stop = CancellationToken::new();
     let producer_stop = stop.clone();
-    let brokers = settings.kafka_brokers.clone();
-    let topic = settings.kafka_topic.clone();
+    let brokers = settings.kafka.brokers.clone();
+    let topic = settings.kafka.topic.clone();
     let simulator = tokio::task::spawn_blocking(move || {
         crate::simulate::produce(
             &brokers,

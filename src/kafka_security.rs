@@ -279,6 +279,22 @@ impl KafkaSecurity {
     }
 }
 
+/// Bounds every wait on a broker, for the consumer and the dead-letter producer alike. A
+/// request unanswered within `socket.timeout.ms` makes librdkafka close the connection and
+/// send again on a new one, so a broker that stops answering without closing the connection
+/// (packets dropped by a firewall or NAT) is noticed within that; keep-alive probes idle
+/// connections.
+pub fn bound_network(config: &mut ClientConfig, socket_timeout_ms: u64) {
+    config
+        .set("socket.timeout.ms", socket_timeout_ms.to_string())
+        // librdkafka's floor for this one is a second.
+        .set(
+            "socket.connection.setup.timeout.ms",
+            socket_timeout_ms.max(1000).to_string(),
+        )
+        .set("socket.keepalive.enable", "true");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod kafka_security;
 pub mod log_limit;
+pub mod offsets;
 pub mod pem;
 pub mod schema;
 pub mod simulate;

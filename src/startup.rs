@@ -1,6 +1,6 @@
 //! Builds the application: binds the HTTP listener, then connects the database and Kafka
-//! (retrying until they answer) and starts the actors. `main` and the tests use the same
-//! [`Application`].
+//! (retrying until they answer) and starts the actors. `main` and `panopticon demo` run the
+//! same [`Application`]; the tests start the binary.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -8,20 +8,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use actix::dev::channel::{self, AddressReceiver};
 use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::Consumer;
 
-use crate::actors::batch_writer::{BatchWriter, SetOffsetsRecipient, WriterSettings};
-use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
-use crate::actors::validator::Validator;
+use crate::actors::batch_writer::{self, BatchWriter};
+use crate::actors::kafka_consumer::{
+    self, ConsumerEvents, ConsumerOutput, KafkaConsumer, MetricsConsumer,
+};
+use crate::actors::messages::Stop;
+use crate::actors::validator::{Validator, ValidatorOutput};
 use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
-use crate::domain::Rules;
 use crate::http::api::ApiState;
 use crate::http::auth::{self, Access};
 use crate::stats::Stats;
@@ -41,7 +44,6 @@ pub enum StartupError {
 }
 
 pub struct Application {
-    port: u16,
     server: Server,
     settings: Settings,
     stats: Arc<Stats>,
@@ -50,17 +52,18 @@ pub struct Application {
 impl Application {
     /// Checks the settings and binds the HTTP listener; nothing is connected yet.
     pub fn build(settings: Settings) -> Result<Application, StartupError> {
-        db::check_url(&settings.database_url).map_err(|e| StartupError::Config(e.to_string()))?;
+        db::check_url(&settings.database.url).map_err(|e| StartupError::Config(e.to_string()))?;
         settings
-            .kafka_security
+            .kafka
+            .security
             .check()
             .map_err(StartupError::Config)?;
-        settings.check_http().map_err(StartupError::Config)?;
-        // Creating the consumer checks every librdkafka property without connecting.
-        let _probe = kafka_consumer::create_consumer(&settings, Arc::default())
+        settings.api.check().map_err(StartupError::Config)?;
+        kafka_consumer::check_config(&settings.kafka)
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
         let stats = Arc::new(Stats::default());
-        let address = format!("{}:{}", settings.http_host, settings.http_port);
+        let api_settings = &settings.api;
+        let address = format!("{}:{}", api_settings.host, api_settings.port);
         let listener = TcpListener::bind(&address).map_err(|source| StartupError::Bind {
             address: address.clone(),
             source,
@@ -70,22 +73,22 @@ impl Application {
             .map_err(|source| StartupError::Bind { address, source })?
             .port();
         let pool = crate::db::queries::pool(
-            &settings.database_url,
-            settings.api_db_pool_size as usize,
-            &settings.database_timeouts(),
+            &settings.database.url,
+            api_settings.db_pool_size as usize,
+            &settings.database.timeouts(),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
         let api = web::Data::new(ApiState {
             pool,
             stats: stats.clone(),
-            max_limit: settings.api_max_limit,
-            max_range: chrono::Duration::hours(settings.api_max_range_hours as i64),
-            max_buckets: settings.api_max_buckets,
+            max_limit: api_settings.max_limit,
+            max_range: chrono::Duration::hours(api_settings.max_range_hours as i64),
+            max_buckets: api_settings.max_buckets,
         });
         let data = web::Data::new(stats.clone());
         let access = web::Data::new(Access::new(
-            settings.http_auth_token.clone(),
-            settings.metrics_require_auth,
+            api_settings.auth_token.clone(),
+            api_settings.metrics_require_auth,
         ));
         let server = HttpServer::new(move || {
             App::new()
@@ -101,25 +104,16 @@ impl Application {
         .map_err(|e| StartupError::Runtime(e.to_string()))?
         .run();
         log::info!("Application is running on: http://localhost:{port}");
-        if settings.http_auth_token.is_none() {
+        if api_settings.auth_token.is_none() {
             log::warn!(
                 "HTTP authentication is off: the dashboard, /status and /api/v1 answer anyone who reaches port={port}; set HTTP_AUTH_TOKEN or HTTP_AUTH_TOKEN_FILE to require a token"
             );
         }
         Ok(Application {
-            port,
             server,
             settings,
             stats,
         })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
     }
 
     /// Runs until `shutdown` resolves, then stops consuming, flushes, commits and returns.
@@ -173,6 +167,11 @@ impl Application {
 }
 
 /// Connects, migrates and starts the three actors; retries what is unreachable.
+///
+/// The actors know each other only by the messages they send: the consumer's rebalance
+/// callback tells the writer what changed hands, the writer tells the consumer what is stored.
+/// Both addresses exist before either actor: the writer's is taken before the Kafka consumer
+/// is made, the consumer's before the writer starts.
 async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
@@ -180,71 +179,109 @@ async fn start_pipeline(
     let storage = connect_database(settings, &stats).await;
     // Where a retention job drops old chunks, a metric older than its window would be stored,
     // acknowledged, then deleted: the validator rejects it instead.
-    let max_age_ms = match settings.timescale_retention.0 {
+    let max_age_ms = match settings.timescale.retention.0 {
         Some(seconds) if storage.hypertable => Some(seconds.saturating_mul(1000)),
         _ => None,
     };
     if let Ok(mut slot) = stats.max_age_ms.lock() {
         *slot = max_age_ms;
     }
-    let consumer = connect_kafka(settings, stats.clone()).await?;
+    let kafka = &settings.kafka;
+    let scope = OffsetScope {
+        group: kafka.group_id.clone(),
+        topic: kafka.topic.clone(),
+    };
+    let writer = Unstarted::<BatchWriter>::new();
+    let events = ConsumerEvents::new(
+        kafka,
+        Box::new(db::OffsetReader {
+            url: settings.database.url.clone(),
+            timeouts: settings.database.timeouts(),
+            scope: scope.clone(),
+        }),
+        writer.address().recipient(),
+        stats.clone(),
+    );
+    let consumer = connect_kafka(settings, events, &stats).await?;
     ensure_dead_letter_topic(settings, stats.clone()).await;
-    let dead_letters = DeadLetters::new(
-        &settings.kafka_brokers,
-        &settings.kafka_security,
-        &settings.kafka_dlq_topic,
-        &settings.kafka_topic,
-        settings.kafka_socket_timeout_ms,
-    )
-    .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
+    let dead_letters = DeadLetters::new(kafka)
+        .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
-    let writer = BatchWriter::new(
-        WriterSettings {
-            database_url: settings.database_url.clone(),
-            database_timeouts: settings.database_timeouts(),
-            max_rows: settings.batch_max_rows as usize,
-            max_wait: settings.batch_max_wait(),
-            mailbox_capacity: settings.writer_mailbox_capacity as usize,
-            metric_log_per_sec: settings.metric_log_max_per_sec,
-            scope: OffsetScope {
-                group: settings.kafka_group_id.clone(),
-                topic: settings.kafka_topic.clone(),
-            },
+    let consumer_context = Context::<KafkaConsumer>::new();
+    let writer_actor = BatchWriter::new(
+        &settings.batching,
+        batch_writer::Target {
+            url: settings.database.url.clone(),
+            timeouts: settings.database.timeouts(),
+            scope,
         },
+        consumer_context.address().recipient(),
         dead_letters.clone(),
         stats.clone(),
     );
     // The writer gets a thread of its own, with its database connection: its round trips to
     // the database are then never queued behind parsing on the consumer's thread.
     let writer_thread = Arbiter::new();
-    let writer_addr = BatchWriter::start_in_arbiter(&writer_thread.handle(), move |_| writer);
+    let writer = writer.start_in(&writer_thread.handle(), writer_actor);
     let validator = Validator::new(
-        Rules {
-            max_future_skew_ms: settings.max_future_skew_ms,
-            max_age_ms,
+        &settings.validator,
+        max_age_ms,
+        ValidatorOutput {
+            chunks: writer.clone().recipient(),
+            flush: writer.recipient(),
         },
-        writer_addr.clone(),
         dead_letters,
         stats.clone(),
-        settings.validator_mailbox_capacity as usize,
-        settings.metric_log_max_per_sec,
     )
     .start();
-    consumer.context().set_writer(writer_addr.clone());
-    let consumer = KafkaConsumer::new(consumer, settings, validator, stats.clone())
-        .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?
-        .start();
-    // Sent before any record can be consumed, so the writer knows whom to tell from its
-    // first flush.
-    writer_addr.do_send(SetOffsetsRecipient(consumer.clone().recipient()));
-    Ok(consumer)
+    let consumer = KafkaConsumer::new(
+        consumer,
+        kafka,
+        ConsumerOutput {
+            chunks: validator.clone().recipient(),
+            drain: validator.recipient(),
+        },
+        stats.clone(),
+    )
+    .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?;
+    Ok(consumer_context.run(consumer))
+}
+
+/// An actor's address before the actor exists: what is sent to it waits in its mailbox.
+struct Unstarted<A: Actor<Context = Context<A>>> {
+    address: Addr<A>,
+    mailbox: AddressReceiver<A>,
+}
+
+impl<A: Actor<Context = Context<A>> + Send> Unstarted<A> {
+    fn new() -> Unstarted<A> {
+        // The mailbox's capacity until the actor sets its own when it starts.
+        let (sender, mailbox) = channel::channel(16);
+        Unstarted {
+            address: Addr::new(sender),
+            mailbox,
+        }
+    }
+
+    fn address(&self) -> Addr<A> {
+        self.address.clone()
+    }
+
+    /// Starts the actor on `arbiter`'s thread.
+    fn start_in(self, arbiter: &ArbiterHandle, actor: A) -> Addr<A> {
+        let mailbox = self.mailbox;
+        arbiter.spawn_fn(move || {
+            actix_rt::spawn(Context::with_receiver(mailbox).into_future(actor));
+        });
+        self.address
+    }
 }
 
 /// Connects, migrates and prepares the storage, retrying with backoff; logs the failure once,
 /// then again only when it changes or a minute has passed. Answers with the storage found.
 async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
-    let url = &settings.database_url;
-    let timeouts = settings.database_timeouts();
+    let url = &settings.database.url;
+    let timeouts = settings.database.timeouts();
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
@@ -270,8 +307,8 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
                 if storage.hypertable {
                     let lifecycle = db::timescale::apply(
                         &client,
-                        settings.timescale_compress_after,
-                        settings.timescale_retention,
+                        settings.timescale.compress_after,
+                        settings.timescale.retention,
                     )
                     .await;
                     stats
@@ -298,12 +335,12 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
 async fn ensure_dead_letter_topic(settings: &Settings, stats: Arc<Stats>) {
     let mut config = rdkafka::ClientConfig::new();
     config
-        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("bootstrap.servers", &settings.kafka.brokers)
         .set("client.id", "panopticon-admin");
-    settings.kafka_security.apply(&mut config);
-    crate::actors::kafka_consumer::bound_network(&mut config, settings.kafka_socket_timeout_ms);
-    let topic = settings.kafka_dlq_topic.clone();
-    let partitions = settings.kafka_dlq_partitions;
+    settings.kafka.security.apply(&mut config);
+    crate::kafka_security::bound_network(&mut config, settings.kafka.socket_timeout_ms);
+    let topic = settings.kafka.dlq_topic.clone();
+    let partitions = settings.kafka.dlq_partitions;
     let error = match dead_letter::ensure_topic(&config, &topic, partitions).await {
         Ok(created) => {
             if created {
@@ -348,14 +385,15 @@ const DEAD_LETTER_TOPIC_RECHECK: Duration = Duration::from_secs(15);
 /// Creates the consumer and waits until a broker answers.
 async fn connect_kafka(
     settings: &Settings,
-    stats: Arc<Stats>,
+    events: ConsumerEvents,
+    stats: &Stats,
 ) -> Result<MetricsConsumer, StartupError> {
     let consumer = Arc::new(
-        kafka_consumer::create_consumer(settings, stats.clone())
+        kafka_consumer::create_consumer(&settings.kafka, events)
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?,
     );
     let mut retry = Retry::new("Kafka broker");
-    let topic = settings.kafka_topic.clone();
+    let topic = settings.kafka.topic.clone();
     loop {
         let probe = consumer.clone();
         let probe_topic = topic.clone();
@@ -387,10 +425,10 @@ async fn connect_kafka(
                 };
                 let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
                 let cause = match stats.kafka_error() {
-                    Some(reason) => settings.kafka_security.explain(&reason),
+                    Some(reason) => settings.kafka.security.explain(&reason),
                     None => e.to_string(),
                 };
-                let error = format!("brokers {}: {cause}", settings.kafka_brokers);
+                let error = format!("brokers {}: {cause}", settings.kafka.brokers);
                 retry.failed(&error).await
             }
         }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::Reason;
+use crate::offsets::Position;
 
 /// Counters of one actor.
 #[derive(Debug, Default)]
@@ -239,25 +240,25 @@ impl Stats {
     }
 
     /// Records that rows up to these next offsets are committed to the database.
-    pub fn record_committed(&self, offsets: &[(i32, i64)]) {
+    pub fn record_committed(&self, offsets: &[Position]) {
         let Ok(mut partitions) = self.partitions.lock() else {
             return;
         };
-        for (partition, next) in offsets {
-            if let Some(report) = partitions.get_mut(partition) {
-                report.committed(*next);
+        for next in offsets {
+            if let Some(report) = partitions.get_mut(&next.partition) {
+                report.committed(next.offset);
             }
         }
     }
 
-    /// Records that records up to these offsets were read, `(partition, offset)` of each.
-    pub fn record_read(&self, records: impl IntoIterator<Item = (i32, i64)>) {
+    /// Records that these records were read.
+    pub fn record_read(&self, records: impl IntoIterator<Item = Position>) {
         let Ok(mut partitions) = self.partitions.lock() else {
             return;
         };
-        for (partition, offset) in records {
-            if let Some(report) = partitions.get_mut(&partition) {
-                report.read(offset + 1);
+        for at in records {
+            if let Some(report) = partitions.get_mut(&at.partition) {
+                report.read(at.offset + 1);
             }
         }
     }

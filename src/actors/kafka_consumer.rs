@@ -1,15 +1,17 @@
 //! The Kafka consumer actor.
 //!
 //! Owns the rdkafka consumer (a member of `KAFKA_GROUP_ID`, subscribed to `KAFKA_TOPIC`) and a
-//! task that reads records into [`RawChunk`]s and sends them to the [`Validator`]. Accepts
+//! task that reads records into [`RawChunk`]s and sends them to the validator. Accepts
 //! [`OffsetsStored`] from the batch writer, and commits those offsets to Kafka, and [`Stop`],
-//! which ends the read task, drains the pipeline and makes a last synchronous commit.
+//! which ends the read task, drains the pipeline and makes a last synchronous commit. Its
+//! rebalance callback resumes newly assigned partitions at the offsets stored with the rows
+//! ([`StoredOffsets`]) and tells the writer what changed hands ([`Rebalanced`]).
 //!
 //! The read task runs beside the actor rather than inside it because awaiting the next
 //! record inside the actor would keep it from handling commits.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -28,19 +30,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::batch_writer::{Assigned, BatchWriter, OffsetsStored, Revoked};
-use crate::actors::validator::{Drain, RawChunk, Validator};
-use crate::config::Settings;
-use crate::db::{self, OffsetScope};
+use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Rebalanced, Stop};
+use crate::config::KafkaSettings;
 use crate::log_limit::LogLimit;
+use crate::offsets::{Epoch, Position, StoredOffsets};
 use crate::stats::{PartitionReport, Stats};
 
 pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
-
-/// Ends the read task, flushes what the pipeline holds and commits its offsets.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Stop;
 
 /// How long the consumer waits on a full validator mailbox before it pauses its partitions.
 /// Waiting already stops the reading; memory stays bounded by the mailboxes and librdkafka's
@@ -67,49 +63,37 @@ const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
-/// Bounds every wait on a broker, for the consumer and the dead-letter producer alike. A
-/// request unanswered within `socket.timeout.ms` makes librdkafka close the connection and
-/// send again on a new one, so a broker that stops answering without closing the connection
-/// (packets dropped by a firewall or NAT) is noticed within that; keep-alive probes idle
-/// connections.
-pub fn bound_network(config: &mut ClientConfig, socket_timeout_ms: u64) {
-    config
-        .set("socket.timeout.ms", socket_timeout_ms.to_string())
-        // librdkafka's floor for this one is a second.
-        .set(
-            "socket.connection.setup.timeout.ms",
-            socket_timeout_ms.max(1000).to_string(),
-        )
-        .set("socket.keepalive.enable", "true");
-}
-
-/// Builds the consumer from the settings; a bad property is a configuration error.
-pub fn create_consumer(settings: &Settings, stats: Arc<Stats>) -> KafkaResult<MetricsConsumer> {
+/// The consumer's librdkafka configuration: Panopticon's defaults, the network bounds, the
+/// security settings, then the user's own properties.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("group.id", &settings.kafka_group_id)
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
         .set("client.id", "panopticon");
     for (key, value) in DEFAULT_PROPERTIES {
         config.set(*key, *value);
     }
-    bound_network(&mut config, settings.kafka_socket_timeout_ms);
-    settings.kafka_security.apply(&mut config);
-    for (key, value) in &settings.kafka_consumer_config.0 {
+    crate::kafka_security::bound_network(&mut config, settings.socket_timeout_ms);
+    settings.security.apply(&mut config);
+    for (key, value) in &settings.consumer_config.0 {
         config.set(key, value);
     }
     config.set_log_level(RDKafkaLogLevel::Warning);
-    let events = ConsumerEvents {
-        stats,
-        group: settings.kafka_group_id.clone(),
-        topic: settings.kafka_topic.clone(),
-        database_url: settings.database_url.clone(),
-        database_timeouts: settings.database_timeouts(),
-        joined: AtomicBool::new(false),
-        writer: OnceLock::new(),
-        epoch: AtomicU64::new(0),
-    };
-    config.create_with_context(events)
+    config
+}
+
+/// Checks every librdkafka property without connecting; a bad one is a configuration error.
+pub fn check_config(settings: &KafkaSettings) -> KafkaResult<()> {
+    client_config(settings).create::<BaseConsumer>().map(drop)
+}
+
+/// Builds the consumer from the settings; a bad property is a configuration error.
+pub fn create_consumer(
+    settings: &KafkaSettings,
+    events: ConsumerEvents,
+) -> KafkaResult<MetricsConsumer> {
+    client_config(settings).create_with_context(events)
 }
 
 /// librdkafka's account of a failure without what changes from one attempt to the next (the
@@ -134,27 +118,37 @@ pub struct ConsumerEvents {
     group: String,
     topic: String,
     /// Where the stored offsets are read on assignment.
-    database_url: String,
-    database_timeouts: db::Timeouts,
+    stored_offsets: Box<dyn StoredOffsets>,
     /// Whether "Kafka consumer connected" was logged already.
     joined: AtomicBool,
-    /// Told of assignments and revocations; set once the writer is started.
-    writer: OnceLock<Addr<BatchWriter>>,
-    /// Counts rebalances. Chunks carry the count of the assignment their records were
-    /// polled under, so the writer can tell records of a partition's earlier ownership from
-    /// records fetched again after it was assigned anew.
+    /// Told of assignments and revocations, before any record of theirs is read.
+    owner: Recipient<Rebalanced>,
+    /// Counts rebalances; chunks carry the count their records were polled under
+    /// ([`Epoch`]).
     epoch: AtomicU64,
 }
 
 impl ConsumerEvents {
-    /// The current assignment's number.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    pub fn new(
+        settings: &KafkaSettings,
+        stored_offsets: Box<dyn StoredOffsets>,
+        owner: Recipient<Rebalanced>,
+        stats: Arc<Stats>,
+    ) -> ConsumerEvents {
+        ConsumerEvents {
+            stats,
+            group: settings.group_id.clone(),
+            topic: settings.topic.clone(),
+            stored_offsets,
+            joined: AtomicBool::new(false),
+            owner,
+            epoch: AtomicU64::new(0),
+        }
     }
 
-    /// Connects the rebalance callback to the writer; partitions are only assigned after.
-    pub fn set_writer(&self, writer: Addr<BatchWriter>) {
-        let _ = self.writer.set(writer);
+    /// The current assignment's number.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
     }
 
     fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
@@ -169,16 +163,7 @@ impl ConsumerEvents {
     /// writer's fenced offset update then finds the truth before anything is stored.
     fn assign_from_database(&self, list: &mut TopicPartitionList) -> Vec<(i32, Option<i64>)> {
         let partitions = self.partitions(list);
-        let scope = OffsetScope {
-            group: self.group.clone(),
-            topic: self.topic.clone(),
-        };
-        let stored = match db::stored_offsets_blocking(
-            &self.database_url,
-            &self.database_timeouts,
-            &scope,
-            &partitions,
-        ) {
+        let stored = match self.stored_offsets.read(&partitions) {
             Ok(stored) => stored,
             Err(e) => {
                 log::warn!(
@@ -252,17 +237,15 @@ impl ConsumerContext for ConsumerEvents {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let epoch = Epoch(self.epoch.fetch_add(1, Ordering::SeqCst) + 1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let stored = self.assign_from_database(list);
                 // Before any record of these partitions can reach the writer.
-                if let Some(writer) = self.writer.get() {
-                    writer.do_send(Assigned {
-                        epoch,
-                        partitions: stored,
-                    });
-                }
+                self.owner.do_send(Rebalanced::Assigned {
+                    epoch,
+                    partitions: stored,
+                });
                 let result = if cooperative {
                     consumer.incremental_assign(list)
                 } else {
@@ -274,12 +257,10 @@ impl ConsumerContext for ConsumerEvents {
                 self.post_rebalance(consumer, &Rebalance::Assign(list));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if let Some(writer) = self.writer.get() {
-                    writer.do_send(Revoked {
-                        epoch,
-                        partitions: self.partitions(list),
-                    });
-                }
+                self.owner.do_send(Rebalanced::Revoked {
+                    epoch,
+                    partitions: self.partitions(list),
+                });
                 let result = if cooperative {
                     consumer.incremental_unassign(list)
                 } else {
@@ -347,10 +328,16 @@ impl ConsumerContext for ConsumerEvents {
     }
 }
 
+/// Where the consumer sends what it read: the validator.
+pub struct ConsumerOutput {
+    pub chunks: Recipient<RawChunk>,
+    pub drain: Recipient<Drain>,
+}
+
 pub struct KafkaConsumer {
     consumer: Arc<MetricsConsumer>,
     topic: String,
-    validator: Addr<Validator>,
+    output: Option<ConsumerOutput>,
     stats: Arc<Stats>,
     chunk_max: usize,
     /// Ends the read task.
@@ -362,32 +349,36 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     pub fn new(
         consumer: MetricsConsumer,
-        settings: &Settings,
-        validator: Addr<Validator>,
+        settings: &KafkaSettings,
+        output: ConsumerOutput,
         stats: Arc<Stats>,
     ) -> KafkaResult<KafkaConsumer> {
-        consumer.subscribe(&[settings.kafka_topic.as_str()])?;
+        consumer.subscribe(&[settings.topic.as_str()])?;
         Ok(KafkaConsumer {
             consumer: Arc::new(consumer),
-            topic: settings.kafka_topic.clone(),
-            validator,
+            topic: settings.topic.clone(),
+            output: Some(output),
             stats,
-            chunk_max: settings.consumer_chunk_max as usize,
+            chunk_max: settings.chunk_max as usize,
             stop: CancellationToken::new(),
             reader: None,
         })
     }
 
-    fn commit(&self, offsets: &[(i32, i64)], mode: CommitMode) {
+    fn commit(&self, offsets: &[Position], mode: CommitMode) {
         if offsets.is_empty() {
             return;
         }
         let mut list = TopicPartitionList::with_capacity(offsets.len());
-        for (partition, next) in offsets {
+        for next in offsets {
             if let Err(e) =
-                list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next))
+                list.add_partition_offset(&self.topic, next.partition, Offset::Offset(next.offset))
             {
-                log::warn!("cannot commit offset {next} of partition {partition}: {e}");
+                log::warn!(
+                    "cannot commit offset {} of partition {}: {e}",
+                    next.offset,
+                    next.partition
+                );
             }
         }
         if let Err(e) = self.consumer.commit(&list, mode) {
@@ -400,12 +391,16 @@ impl Actor for KafkaConsumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(output) = self.output.take() else {
+            return;
+        };
         let reader = Reader {
             consumer: self.consumer.clone(),
-            validator: self.validator.clone(),
+            output,
             stats: self.stats.clone(),
             chunk_max: self.chunk_max,
             stop: self.stop.clone(),
+            errors: LogLimit::new("Kafka consumer errors", 1),
         };
         let me = ctx.address();
         self.reader = Some(actix_rt::spawn(async move {
@@ -419,14 +414,15 @@ impl Actor for KafkaConsumer {
 /// The last offsets, committed synchronously before shutdown completes.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-struct FinalCommit(Vec<(i32, i64)>);
+struct FinalCommit(Vec<Position>);
 
 impl Handler<FinalCommit> for KafkaConsumer {
     type Result = ();
 
     fn handle(&mut self, FinalCommit(offsets): FinalCommit, _ctx: &mut Self::Context) {
         self.commit(&offsets, CommitMode::Sync);
-        log::info!("final offsets committed: {offsets:?}");
+        let listed: Vec<(i32, i64)> = offsets.iter().map(|n| (n.partition, n.offset)).collect();
+        log::info!("final offsets committed: {listed:?}");
     }
 }
 
@@ -457,18 +453,28 @@ impl Handler<Stop> for KafkaConsumer {
 /// The read task: records in, chunks out.
 struct Reader {
     consumer: Arc<MetricsConsumer>,
-    validator: Addr<Validator>,
+    output: ConsumerOutput,
     stats: Arc<Stats>,
     chunk_max: usize,
     stop: CancellationToken,
+    errors: LogLimit,
+}
+
+/// Adds a record to a chunk.
+fn push(chunk: &mut RawChunk, message: &impl Message) {
+    chunk.push(
+        Position::new(message.partition(), message.offset()),
+        message.key(),
+        message.payload().unwrap_or_default(),
+    );
 }
 
 impl Reader {
     /// Reads until stopped, then drains the pipeline and answers with the stored offsets.
-    async fn run(self) -> Vec<(i32, i64)> {
-        let mut errors = LogLimit::new("Kafka consumer errors", 1);
-        let mut stream = self.consumer.stream();
-        let epoch = || self.consumer.context().epoch();
+    async fn run(mut self) -> Vec<Position> {
+        let consumer = self.consumer.clone();
+        let mut stream = consumer.stream();
+        let epoch = || consumer.context().epoch();
         // A chunk begun with a record polled after a rebalance, waiting for the next round.
         let mut carried: Option<RawChunk> = None;
         loop {
@@ -480,26 +486,21 @@ impl Reader {
                         () = self.stop.cancelled() => break,
                         next = stream.next() => next,
                     };
-                    // Read after the poll: a rebalance runs inside it, before its record.
-                    let mut chunk = RawChunk::new(epoch());
                     match first {
-                        Some(Ok(message)) => chunk.push(
-                            message.partition(),
-                            message.offset(),
-                            message.key(),
-                            message.payload().unwrap_or_default(),
-                        ),
+                        Some(Ok(message)) => {
+                            // Read after the poll: a rebalance runs inside it, before its
+                            // record.
+                            let mut chunk = RawChunk::new(epoch());
+                            push(&mut chunk, &message);
+                            chunk
+                        }
                         Some(Err(e)) => {
-                            self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
-                            if errors.allow() {
-                                log::warn!("Kafka consumer error: {e}");
-                            }
+                            self.failed(&e);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                         None => continue,
                     }
-                    chunk
                 }
             };
             // Take what is already fetched, up to a chunk, without waiting for more: under
@@ -508,28 +509,16 @@ impl Reader {
                 match stream.next().now_or_never().flatten() {
                     Some(Ok(message)) => {
                         let now = epoch();
-                        let target = if now == chunk.epoch {
-                            &mut chunk
-                        } else {
+                        if now != chunk.epoch {
                             // The assignment changed inside this poll: the record belongs to
                             // the new one, and so does the chunk it starts.
-                            carried.insert(RawChunk::new(now))
-                        };
-                        target.push(
-                            message.partition(),
-                            message.offset(),
-                            message.key(),
-                            message.payload().unwrap_or_default(),
-                        );
-                        if carried.is_some() {
+                            push(carried.insert(RawChunk::new(now)), &message);
                             break;
                         }
+                        push(&mut chunk, &message);
                     }
                     Some(Err(e)) => {
-                        self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
-                        if errors.allow() {
-                            log::warn!("Kafka consumer error: {e}");
-                        }
+                        self.failed(&e);
                         break;
                     }
                     None => break,
@@ -540,18 +529,25 @@ impl Reader {
                 .records
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             // Before the hand-off, so no offset is committed that was not counted as read.
-            self.stats
-                .record_read(chunk.records.iter().map(|r| (r.partition, r.offset)));
+            self.stats.record_read(chunk.records.iter().map(|r| r.at));
             if !self.hand_off(chunk).await {
                 break;
             }
         }
-        match self.validator.send(Drain).await {
+        match self.output.drain.send(Drain).await {
             Ok(offsets) => offsets,
             Err(e) => {
                 log::error!("pipeline could not be drained: {e}");
                 Vec::new()
             }
+        }
+    }
+
+    /// Counts a consumer error and logs it, at most once a second.
+    fn failed(&mut self, error: &KafkaError) {
+        self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
+        if self.errors.allow() {
+            log::warn!("Kafka consumer error: {error}");
         }
     }
 
@@ -562,13 +558,14 @@ impl Reader {
             .validator
             .enqueued
             .fetch_add(1, Ordering::Relaxed);
-        let chunk = match self.validator.try_send(chunk) {
+        let validator = &self.output.chunks;
+        let chunk = match validator.try_send(chunk) {
             Ok(()) => return true,
             Err(SendError::Full(chunk)) => chunk,
             Err(SendError::Closed(_)) => return false,
         };
         // A full mailbox for a moment is normal under load (see PAUSE_AFTER).
-        let send = self.validator.send(chunk);
+        let send = validator.send(chunk);
         tokio::pin!(send);
         if let Ok(result) = tokio::time::timeout(PAUSE_AFTER, &mut send).await {
             return result.is_ok();

@@ -6,6 +6,7 @@
 
 pub mod batch_writer;
 pub mod kafka_consumer;
+pub mod messages;
 pub mod validator;
 
 pub use batch_writer::BatchWriter;

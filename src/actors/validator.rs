@@ -12,81 +12,19 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::actors::batch_writer::{BatchWriter, Flush, ValidChunk};
+use crate::actors::messages::{Drain, Flush, RawChunk, ValidChunk};
+use crate::config::ValidatorSettings;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::{Rejection, Rules, ValidMetric};
 use crate::log_limit::LogLimit;
+use crate::offsets::Position;
 use crate::stats::{Stats, Trigger};
 
-/// Where one record of a [`RawChunk`] lies.
-#[derive(Debug, Clone, Copy)]
-pub struct RawRecord {
-    pub partition: i32,
-    pub offset: i64,
-    /// Range of the record's key in [`RawChunk::payloads`], if it has one.
-    pub key: Option<(usize, usize)>,
-    /// Range of the record's payload in [`RawChunk::payloads`].
-    pub start: usize,
-    pub end: usize,
+/// Where the validator sends what it validated: the batch writer.
+pub struct ValidatorOutput {
+    pub chunks: Recipient<ValidChunk>,
+    pub flush: Recipient<Flush>,
 }
-
-/// Kafka records in the order they were consumed, their payloads packed in one buffer so a
-/// chunk costs two allocations whatever its size.
-#[derive(Debug, Default, Message)]
-#[rtype(result = "()")]
-pub struct RawChunk {
-    /// The consumer's assignment number when these records were polled.
-    pub epoch: u64,
-    pub payloads: Vec<u8>,
-    pub records: Vec<RawRecord>,
-}
-
-impl RawChunk {
-    pub fn new(epoch: u64) -> RawChunk {
-        RawChunk {
-            epoch,
-            ..RawChunk::default()
-        }
-    }
-
-    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
-        let key = key.map(|key| {
-            let start = self.payloads.len();
-            self.payloads.extend_from_slice(key);
-            (start, self.payloads.len())
-        });
-        let start = self.payloads.len();
-        self.payloads.extend_from_slice(payload);
-        self.records.push(RawRecord {
-            partition,
-            offset,
-            key,
-            start,
-            end: self.payloads.len(),
-        });
-    }
-
-    fn payload(&self, record: &RawRecord) -> &[u8] {
-        &self.payloads[record.start..record.end]
-    }
-
-    fn key(&self, record: &RawRecord) -> Option<&[u8]> {
-        record.key.map(|(start, end)| &self.payloads[start..end])
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-}
-
-/// Sent last, at shutdown: flush everything and answer with the offsets now stored.
-#[derive(Debug, Message)]
-#[rtype(result = "Vec<(i32, i64)>")]
-pub struct Drain;
 
 pub struct Validator {
     /// The checks beyond the message's shape.
@@ -94,7 +32,9 @@ pub struct Validator {
     /// Where valid metrics go. Shared rather than cloned per chunk: an actix address counts
     /// the mailbox's capacity against each of its copies (a fresh copy may always queue one
     /// more), so only the same copy is held to it.
-    writer: Arc<Addr<BatchWriter>>,
+    writer: Arc<Recipient<ValidChunk>>,
+    /// Asked to flush at shutdown.
+    flush: Recipient<Flush>,
     /// Where rejected records go before their offsets may be stored.
     dead_letters: DeadLetters,
     /// Shared counters for `/status`.
@@ -105,24 +45,32 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// `max_age_ms` is the oldest a metric may be, where a retention policy drops older rows.
     pub fn new(
-        rules: Rules,
-        writer: Addr<BatchWriter>,
+        settings: &ValidatorSettings,
+        max_age_ms: Option<i64>,
+        output: ValidatorOutput,
         dead_letters: DeadLetters,
         stats: Arc<Stats>,
-        mailbox_capacity: usize,
-        log_per_sec: u32,
     ) -> Validator {
+        let mailbox_capacity = settings.mailbox_capacity as usize;
         stats
             .validator
             .capacity
             .store(mailbox_capacity as u64, Ordering::Relaxed);
         Validator {
-            rules,
-            writer: Arc::new(writer),
+            rules: Rules {
+                max_future_skew_ms: settings.max_future_skew_ms,
+                max_age_ms,
+            },
+            writer: Arc::new(output.chunks),
+            flush: output.flush,
             dead_letters,
             stats,
-            rejection_log: LogLimit::new("invalid-message warnings", log_per_sec),
+            rejection_log: LogLimit::new(
+                "invalid-message warnings",
+                settings.rejection_log_max_per_sec,
+            ),
             mailbox_capacity,
         }
     }
@@ -131,22 +79,17 @@ impl Validator {
     fn validate(&mut self, chunk: &RawChunk) -> (ValidChunk, Vec<(usize, Rejection)>) {
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = Vec::with_capacity(chunk.len());
-        let mut offsets = Vec::with_capacity(chunk.len());
         let mut rejected = Vec::new();
-        let mut next_offsets: Vec<(i32, i64)> = Vec::new();
         for (index, record) in chunk.records.iter().enumerate() {
             match ValidMetric::parse(chunk.payload(record), &self.rules, now_ms) {
-                Ok(metric) => {
-                    metrics.push(metric);
-                    offsets.push((record.partition, record.offset));
-                }
+                Ok(metric) => metrics.push((metric, record.at)),
                 Err(rejection) => {
                     self.stats.count_rejection(rejection.reason);
                     if self.rejection_log.allow() {
                         log::warn!(
                             "invalid message skipped partition={} offset={} reason={} detail=\"{}\"",
-                            record.partition,
-                            record.offset,
+                            record.at.partition,
+                            record.at.offset,
                             rejection.reason.as_str(),
                             rejection.detail.escape_debug()
                         );
@@ -154,19 +97,11 @@ impl Validator {
                     rejected.push((index, rejection));
                 }
             }
-            match next_offsets
-                .iter_mut()
-                .find(|(p, _)| *p == record.partition)
-            {
-                Some(entry) => entry.1 = entry.1.max(record.offset + 1),
-                None => next_offsets.push((record.partition, record.offset + 1)),
-            }
         }
         let valid = ValidChunk {
             epoch: chunk.epoch,
             metrics,
-            offsets,
-            next_offsets,
+            next_offsets: next_offsets(chunk.records.iter().map(|r| r.at)),
         };
         (valid, rejected)
     }
@@ -206,8 +141,8 @@ impl Handler<RawChunk> for Validator {
                                 payload: chunk.payload(record),
                                 reason: rejection.reason.as_str(),
                                 detail: &rejection.detail,
-                                partition: record.partition,
-                                offset: record.offset,
+                                partition: record.at.partition,
+                                offset: record.at.offset,
                             }
                         })
                         .collect();
@@ -239,19 +174,52 @@ impl Handler<RawChunk> for Validator {
 }
 
 impl Handler<Drain> for Validator {
-    type Result = AtomicResponse<Self, Vec<(i32, i64)>>;
+    type Result = AtomicResponse<Self, Vec<Position>>;
 
     fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
         self.rejection_log.roll_window();
-        let writer = self.writer.clone();
+        let flush = self.flush.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                writer
+                flush
                     .send(Flush(Trigger::Shutdown))
                     .await
                     .unwrap_or_default()
             }
             .into_actor(self),
         ))
+    }
+}
+
+/// For each partition among `records`, in order of first appearance, the offset after its
+/// last record.
+fn next_offsets(records: impl IntoIterator<Item = Position>) -> Vec<Position> {
+    let mut next: Vec<Position> = Vec::new();
+    for at in records {
+        match next.iter_mut().find(|n| n.partition == at.partition) {
+            Some(entry) => entry.offset = entry.offset.max(at.offset + 1),
+            None => next.push(Position::new(at.partition, at.offset + 1)),
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_offsets_cover_each_partition_touched() {
+        let records = [(0, 5), (1, 9), (0, 6), (2, 0), (1, 10)]
+            .map(|(partition, offset)| Position::new(partition, offset));
+        assert_eq!(
+            next_offsets(records),
+            vec![
+                Position::new(0, 7),
+                Position::new(1, 11),
+                Position::new(2, 1)
+            ]
+        );
+        assert!(next_offsets([]).is_empty());
     }
 }

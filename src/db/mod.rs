@@ -16,6 +16,7 @@ use tokio_postgres::{Client, Connection, Socket, Statement};
 
 use crate::config::redact_url;
 use crate::domain::ValidMetric;
+use crate::offsets::{OffsetAdvance, StoredOffsets};
 
 pub mod queries;
 pub mod timescale;
@@ -339,14 +340,21 @@ pub struct OffsetScope {
     pub topic: String,
 }
 
-/// Moves a partition's stored offset from `expected` (`None`: no row yet) to `next`. The move
-/// only happens if the stored offset is still `expected`: a writer that lost the partition to
-/// another instance cannot overwrite what that instance stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OffsetAdvance {
-    pub partition: i32,
-    pub expected: Option<i64>,
-    pub next: i64,
+/// A row the writer stores: a metric, perhaps with where it was consumed.
+pub trait AsMetric {
+    fn metric(&self) -> &ValidMetric;
+}
+
+impl AsMetric for ValidMetric {
+    fn metric(&self) -> &ValidMetric {
+        self
+    }
+}
+
+impl<T> AsMetric for (ValidMetric, T) {
+    fn metric(&self) -> &ValidMetric {
+        &self.0
+    }
 }
 
 /// What a write did.
@@ -505,7 +513,7 @@ impl Writer {
     /// happen makes the retry [`WriteOutcome::Fenced`] instead of storing the rows twice.
     pub async fn write_batch(
         &mut self,
-        rows: &[ValidMetric],
+        rows: &[impl AsMetric],
         scope: &OffsetScope,
         advances: &[OffsetAdvance],
     ) -> Result<WriteOutcome, DbError> {
@@ -553,7 +561,7 @@ impl Writer {
     /// Everything of [`Writer::write_batch`] but the commit, in a transaction left open.
     async fn write(
         &self,
-        rows: &[ValidMetric],
+        rows: &[impl AsMetric],
         scope: &OffsetScope,
         advances: &[OffsetAdvance],
         staged: bool,
@@ -635,12 +643,13 @@ impl Writer {
 async fn copy_rows(
     client: &Client,
     statement: &Statement,
-    rows: &[ValidMetric],
+    rows: &[impl AsMetric],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = client.copy_in(statement).await?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
     for row in rows {
+        let row = row.metric();
         let time = row.time();
         let values: [&(dyn ToSql + Sync); 7] = [
             &time,
@@ -671,39 +680,43 @@ async fn stored_offset(
         .map(|row| row.get(0)))
 }
 
-/// The stored next offsets of `partitions` (`None`: nothing stored yet), read on a connection
-/// of its own. Runs on a thread of its own so it can be called from librdkafka's rebalance
-/// callback, which must not return before the offsets are known.
-pub fn stored_offsets_blocking(
-    url: &str,
-    timeouts: &Timeouts,
-    scope: &OffsetScope,
-    partitions: &[i32],
-) -> Result<Vec<(i32, Option<i64>)>, DbError> {
-    let url = url.to_owned();
-    let timeouts = *timeouts;
-    let scope = scope.clone();
-    let partitions = partitions.to_vec();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DbError::Internal(e.to_string()))?;
-        runtime.block_on(async {
-            let client = connect(&url, &timeouts).await?;
-            let mut offsets = Vec::with_capacity(partitions.len());
-            for partition in partitions {
-                let stored = within(
-                    timeouts.statement,
-                    "the offset lookup",
-                    stored_offset(&client, &scope, partition),
-                )
-                .await?;
-                offsets.push((partition, stored));
-            }
-            Ok(offsets)
+/// Reads the stored offsets of a consumer group's partitions, each time on a connection of its
+/// own, on a thread of its own: it is called from librdkafka's rebalance callback, which must
+/// not return before the offsets are known.
+pub struct OffsetReader {
+    pub url: String,
+    pub timeouts: Timeouts,
+    pub scope: OffsetScope,
+}
+
+impl StoredOffsets for OffsetReader {
+    fn read(&self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>, String> {
+        let url = self.url.clone();
+        let timeouts = self.timeouts;
+        let scope = self.scope.clone();
+        let partitions = partitions.to_vec();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| DbError::Internal(e.to_string()))?;
+            runtime.block_on(async {
+                let client = connect(&url, &timeouts).await?;
+                let mut offsets = Vec::with_capacity(partitions.len());
+                for partition in partitions {
+                    let stored = within(
+                        timeouts.statement,
+                        "the offset lookup",
+                        stored_offset(&client, &scope, partition),
+                    )
+                    .await?;
+                    offsets.push((partition, stored));
+                }
+                Ok(offsets)
+            })
         })
-    })
-    .join()
-    .unwrap_or_else(|_| Err(DbError::Internal("offset lookup thread died".into())))
+        .join()
+        .unwrap_or_else(|_| Err(DbError::Internal("offset lookup thread died".into())))
+        .map_err(|e| e.to_string())
+    }
 }
