@@ -1,19 +1,21 @@
 //! Panopticon: consumes pod metrics that Fluent Bit produces to Kafka, validates them, and
 //! stores them in TimescaleDB in batches, committing Kafka offsets only after the rows.
+//!
+//! The binary, the tests and the benchmarks use what is public here; the rest is internal.
 
-pub mod actors;
-pub mod backoff;
+pub(crate) mod actors;
+pub(crate) mod backoff;
 pub mod config;
 pub mod db;
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod kafka_security;
-pub mod log_limit;
+pub(crate) mod log_limit;
 pub mod offsets;
-pub mod pem;
-pub mod schema;
+pub(crate) mod pem;
+pub(crate) mod schema;
 pub mod simulate;
 pub mod startup;
 pub mod stats;

@@ -60,10 +60,6 @@ impl Simulator {
         Simulator { pods, rng }
     }
 
-    pub fn pod_count(&self) -> usize {
-        self.pods.len()
-    }
-
     /// Advances every pod one interval and calls `emit(key, payload)` for its sample.
     pub fn tick(&mut self, now_ms: i64, mut emit: impl FnMut(&str, &[u8])) {
         let mut payload = Vec::with_capacity(256);

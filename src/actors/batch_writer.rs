@@ -509,7 +509,7 @@ impl Handler<Rebalanced> for BatchWriter {
     fn handle(&mut self, change: Rebalanced, _ctx: &mut Self::Context) {
         match change {
             Rebalanced::Assigned { epoch, partitions } => self.ledger.assign(epoch, &partitions),
-            Rebalanced::Revoked { partitions, .. } => {
+            Rebalanced::Revoked { partitions } => {
                 let dropped = self.ledger.revoke(&partitions);
                 if dropped > 0 {
                     log::info!(

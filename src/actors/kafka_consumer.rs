@@ -258,7 +258,6 @@ impl ConsumerContext for ConsumerEvents {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.owner.do_send(Rebalanced::Revoked {
-                    epoch,
                     partitions: self.partitions(list),
                 });
                 let result = if cooperative {

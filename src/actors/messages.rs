@@ -66,10 +66,6 @@ impl RawChunk {
     pub fn len(&self) -> usize {
         self.records.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// Valid metrics of one consumed chunk with their positions, and for each partition the chunk
@@ -84,20 +80,20 @@ pub struct ValidChunk {
     pub next_offsets: Vec<Position>,
 }
 
-/// Partitions that changed hands in the consumer's rebalance number `epoch`. Consumer's
-/// rebalance callback → writer, before any record polled under the new assignment.
+/// Partitions that changed hands in a rebalance of the consumer. Consumer's rebalance
+/// callback → writer, before any record polled under the new assignment.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum Rebalanced {
-    /// Assigned to this instance, with the next offsets stored for them (`None`: nothing
-    /// stored yet).
+    /// Assigned to this instance by rebalance number `epoch`, with the next offsets stored for
+    /// them (`None`: nothing stored yet).
     Assigned {
         epoch: Epoch,
         partitions: Vec<(i32, Option<i64>)>,
     },
     /// Taken from this instance: their buffered rows are dropped; the new owner consumes them
     /// again from the stored offset.
-    Revoked { epoch: Epoch, partitions: Vec<i32> },
+    Revoked { partitions: Vec<i32> },
 }
 
 /// Rows up to these next offsets are committed to the database. Writer → consumer.

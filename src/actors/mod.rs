@@ -1,4 +1,5 @@
-//! The pipeline: [`KafkaConsumer`] → [`Validator`] → [`BatchWriter`] → PostgreSQL.
+//! The pipeline: [`kafka_consumer::KafkaConsumer`] → [`validator::Validator`] →
+//! [`batch_writer::BatchWriter`] → PostgreSQL; what they send each other is in [`messages`].
 //!
 //! Records travel in chunks, one actor message per chunk. Every hand-off is an awaited `send`
 //! into a bounded mailbox, so a slow database fills the writer's mailbox, which parks the
@@ -8,7 +9,3 @@ pub mod batch_writer;
 pub mod kafka_consumer;
 pub mod messages;
 pub mod validator;
-
-pub use batch_writer::BatchWriter;
-pub use kafka_consumer::KafkaConsumer;
-pub use validator::Validator;

@@ -520,7 +520,7 @@ pub async fn wait_for_count(db: &TestDatabase, sql: &str, expected: i64) -> i64 
     }
 }
 
-/// One fixture line of `shared/fixtures/`.
+/// One fixture line of `tests/fixtures/`.
 pub struct Fixture {
     pub case: String,
     pub payload: Vec<u8>,
