@@ -81,6 +81,7 @@ pub struct KafkaSettings {
     /// Kafka bootstrap servers, comma separated.
     #[arg(
         id = "kafka_brokers",
+        value_name = "KAFKA_BROKERS",
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
         default_value = "localhost:9092"
@@ -90,6 +91,7 @@ pub struct KafkaSettings {
     /// Topic the metrics are consumed from.
     #[arg(
         id = "kafka_topic",
+        value_name = "KAFKA_TOPIC",
         long = "kafka-topic",
         env = "KAFKA_TOPIC",
         default_value = "metrics.system"
@@ -99,6 +101,7 @@ pub struct KafkaSettings {
     /// Kafka consumer group; instances sharing it share the topic's partitions.
     #[arg(
         id = "kafka_group_id",
+        value_name = "KAFKA_GROUP_ID",
         long = "kafka-group-id",
         env = "KAFKA_GROUP_ID",
         default_value = "panopticon"
@@ -109,6 +112,7 @@ pub struct KafkaSettings {
     /// headers.
     #[arg(
         id = "kafka_dlq_topic",
+        value_name = "KAFKA_DLQ_TOPIC",
         long = "kafka-dlq-topic",
         env = "KAFKA_DLQ_TOPIC",
         default_value = "metrics.system.dlq"
@@ -117,21 +121,21 @@ pub struct KafkaSettings {
 
     /// Partitions of the dead-letter topic when Panopticon creates it at start-up (it does so
     /// only where the topic is missing; the replication factor is the broker's default).
-    #[arg(id = "kafka_dlq_partitions", long = "kafka-dlq-partitions", env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    #[arg(id = "kafka_dlq_partitions", value_name = "KAFKA_DLQ_PARTITIONS", long = "kafka-dlq-partitions", env = "KAFKA_DLQ_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub dlq_partitions: i32,
 
     /// Longest wait for an answer from a Kafka broker, and for a new connection to one; past
     /// it the connection is closed and made again (ms). Consumer and dead-letter producer.
-    #[arg(id = "kafka_socket_timeout_ms", long = "kafka-socket-timeout-ms", env = "KAFKA_SOCKET_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    #[arg(id = "kafka_socket_timeout_ms", value_name = "KAFKA_SOCKET_TIMEOUT_MS", long = "kafka-socket-timeout-ms", env = "KAFKA_SOCKET_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub socket_timeout_ms: u64,
 
     /// Extra librdkafka consumer properties, `key=value` pairs separated by commas; they
     /// override Panopticon's own consumer defaults.
-    #[arg(id = "kafka_consumer_config", long = "kafka-consumer-config", env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
+    #[arg(id = "kafka_consumer_config", value_name = "KAFKA_CONSUMER_CONFIG", long = "kafka-consumer-config", env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
     pub consumer_config: Properties,
 
     /// Most Kafka records the consumer hands to the validator in one chunk.
-    #[arg(id = "consumer_chunk_max", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "consumer_chunk_max", value_name = "CONSUMER_CHUNK_MAX", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk_max: u32,
 
     #[command(flatten)]
@@ -146,6 +150,7 @@ pub struct DatabaseSettings {
     /// verify-ca, verify-full), `sslrootcert`, `sslcert` and `sslkey` apply.
     #[arg(
         id = "database_url",
+        value_name = "DATABASE_URL",
         long = "database-url",
         env = "DATABASE_URL",
         hide_env_values = true,
@@ -156,23 +161,24 @@ pub struct DatabaseSettings {
     /// File holding the database URL (a trailing newline is ignored).
     #[arg(
         id = "database_url_file",
+        value_name = "DATABASE_URL_FILE",
         long = "database-url-file",
         env = "DATABASE_URL_FILE"
     )]
     pub url_file: Option<PathBuf>,
 
     /// Longest wait for a new database connection: TCP, TLS, authentication (ms).
-    #[arg(id = "database_connect_timeout_ms", long = "database-connect-timeout-ms", env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    #[arg(id = "database_connect_timeout_ms", value_name = "DATABASE_CONNECT_TIMEOUT_MS", long = "database-connect-timeout-ms", env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub connect_timeout_ms: u64,
 
     /// Longest wait for the answer to one database round trip (a statement, a COPY, a
     /// commit); past it the connection is given up and a new one made (ms).
-    #[arg(id = "database_statement_timeout_ms", long = "database-statement-timeout-ms", env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    #[arg(id = "database_statement_timeout_ms", value_name = "DATABASE_STATEMENT_TIMEOUT_MS", long = "database-statement-timeout-ms", env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub statement_timeout_ms: u64,
 
     /// TCP keep-alive of database connections: one silent this long is probed, every third of
     /// it after, and closed after three unanswered probes (ms, whole seconds).
-    #[arg(id = "database_keepalive_ms", long = "database-keepalive-ms", env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
+    #[arg(id = "database_keepalive_ms", value_name = "DATABASE_KEEPALIVE_MS", long = "database-keepalive-ms", env = "DATABASE_KEEPALIVE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=7_200_000))]
     pub keepalive_ms: u64,
 }
 
@@ -181,17 +187,18 @@ pub struct DatabaseSettings {
 #[command(next_help_heading = "Validation")]
 pub struct ValidatorSettings {
     /// How far in the future a metric's timestamp may lie (ms) before it is rejected.
-    #[arg(id = "max_future_skew_ms", long = "max-future-skew-ms", env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(0..=3_153_600_000_000))]
+    #[arg(id = "max_future_skew_ms", value_name = "MAX_FUTURE_SKEW_MS", long = "max-future-skew-ms", env = "MAX_FUTURE_SKEW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(0..=3_153_600_000_000))]
     pub max_future_skew_ms: i64,
 
     /// Mailbox capacity of the validator, in chunks.
-    #[arg(id = "validator_mailbox_capacity", long = "validator-mailbox-capacity", env = "VALIDATOR_MAILBOX_CAPACITY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(id = "validator_mailbox_capacity", value_name = "VALIDATOR_MAILBOX_CAPACITY", long = "validator-mailbox-capacity", env = "VALIDATOR_MAILBOX_CAPACITY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub mailbox_capacity: u32,
 
     /// Most "invalid message skipped" warnings logged a second; the rest are summed up in one
     /// line (every rejected message is still counted and dead-lettered).
     #[arg(
         id = "rejection_log_max_per_sec",
+        value_name = "REJECTION_LOG_MAX_PER_SEC",
         long = "rejection-log-max-per-sec",
         env = "REJECTION_LOG_MAX_PER_SEC",
         default_value_t = 100
@@ -204,20 +211,21 @@ pub struct ValidatorSettings {
 #[command(next_help_heading = "Batching")]
 pub struct BatchSettings {
     /// A batch is flushed to the database when it holds this many rows.
-    #[arg(id = "batch_max_rows", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "batch_max_rows", value_name = "BATCH_MAX_ROWS", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_rows: u32,
 
     /// A batch is flushed to the database when its oldest row has waited this long (ms).
-    #[arg(id = "batch_max_wait_ms", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(id = "batch_max_wait_ms", value_name = "BATCH_MAX_WAIT_MS", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub max_wait_ms: u64,
 
     /// Mailbox capacity of the batch writer, in chunks.
-    #[arg(id = "writer_mailbox_capacity", long = "writer-mailbox-capacity", env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(id = "writer_mailbox_capacity", value_name = "WRITER_MAILBOX_CAPACITY", long = "writer-mailbox-capacity", env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub mailbox_capacity: u32,
 
     /// Most `[METRIC]` lines printed a second; the rest are summed up in one line.
     #[arg(
         id = "metric_log_max_per_sec",
+        value_name = "METRIC_LOG_MAX_PER_SEC",
         long = "metric-log-max-per-sec",
         env = "METRIC_LOG_MAX_PER_SEC",
         default_value_t = 100
@@ -232,6 +240,7 @@ pub struct ApiSettings {
     /// Port of the HTTP server (0 picks a free port).
     #[arg(
         id = "http_port",
+        value_name = "HTTP_PORT",
         long = "http-port",
         env = "HTTP_PORT",
         default_value_t = 3001
@@ -241,6 +250,7 @@ pub struct ApiSettings {
     /// Address the HTTP server binds to.
     #[arg(
         id = "http_host",
+        value_name = "HTTP_HOST",
         long = "http-host",
         env = "HTTP_HOST",
         default_value = "0.0.0.0"
@@ -251,6 +261,7 @@ pub struct ApiSettings {
     /// the HTTP Basic password (prefer HTTP_AUTH_TOKEN_FILE); unset: open to anyone.
     #[arg(
         id = "http_auth_token",
+        value_name = "HTTP_AUTH_TOKEN",
         long = "http-auth-token",
         env = "HTTP_AUTH_TOKEN",
         hide_env_values = true
@@ -260,29 +271,30 @@ pub struct ApiSettings {
     /// File holding the HTTP token (a trailing newline is ignored).
     #[arg(
         id = "http_auth_token_file",
+        value_name = "HTTP_AUTH_TOKEN_FILE",
         long = "http-auth-token-file",
         env = "HTTP_AUTH_TOKEN_FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
 
     /// Whether `/metrics` requires the HTTP token too (it is open by default, for scrapers).
-    #[arg(id = "metrics_require_auth", long = "metrics-require-auth", env = "METRICS_REQUIRE_AUTH", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(id = "metrics_require_auth", value_name = "METRICS_REQUIRE_AUTH", long = "metrics-require-auth", env = "METRICS_REQUIRE_AUTH", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     pub metrics_require_auth: bool,
 
     /// Most rows one REST request returns.
-    #[arg(id = "api_max_limit", long = "api-max-limit", env = "API_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(id = "api_max_limit", value_name = "API_MAX_LIMIT", long = "api-max-limit", env = "API_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_limit: u32,
 
     /// Widest time range one REST request may cover, in hours.
-    #[arg(id = "api_max_range_hours", long = "api-max-range-hours", env = "API_MAX_RANGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+    #[arg(id = "api_max_range_hours", value_name = "API_MAX_RANGE_HOURS", long = "api-max-range-hours", env = "API_MAX_RANGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
     pub max_range_hours: u32,
 
     /// Most buckets per group a series request may ask for (range / bucket).
-    #[arg(id = "api_max_buckets", long = "api-max-buckets", env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "api_max_buckets", value_name = "API_MAX_BUCKETS", long = "api-max-buckets", env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_buckets: u32,
 
     /// Connections the REST API may hold to the database.
-    #[arg(id = "api_db_pool_size", long = "api-db-pool-size", env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(id = "api_db_pool_size", value_name = "API_DB_POOL_SIZE", long = "api-db-pool-size", env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub db_pool_size: u32,
 }
 
@@ -291,11 +303,11 @@ pub struct ApiSettings {
 #[command(next_help_heading = "TimescaleDB")]
 pub struct TimescaleSettings {
     /// Where TimescaleDB is present: compress chunks older than this (`off`: never).
-    #[arg(id = "timescale_compress_after", long = "timescale-compress-after", env = "TIMESCALE_COMPRESS_AFTER", default_value = "7d", value_parser = parse_policy_age)]
+    #[arg(id = "timescale_compress_after", value_name = "TIMESCALE_COMPRESS_AFTER", long = "timescale-compress-after", env = "TIMESCALE_COMPRESS_AFTER", default_value = "7d", value_parser = parse_policy_age)]
     pub compress_after: PolicyAge,
 
     /// Where TimescaleDB is present: drop chunks older than this (`off`: keep everything).
-    #[arg(id = "timescale_retention", long = "timescale-retention", env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
+    #[arg(id = "timescale_retention", value_name = "TIMESCALE_RETENTION", long = "timescale-retention", env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
     pub retention: PolicyAge,
 }
 

@@ -273,6 +273,55 @@ async fn an_invalid_message_between_two_valid_ones_is_skipped_and_passed() {
 }
 
 #[tokio::test]
+async fn rejection_warnings_have_a_cap_of_their_own() {
+    let s = setup().await;
+    let mut env = s.env();
+    env.insert("REJECTION_LOG_MAX_PER_SEC".into(), "2".into());
+    env.insert("METRIC_LOG_MAX_PER_SEC".into(), "1000".into());
+    let app = TestApp::spawn_consuming(env);
+    let ts = now_ms();
+    let mut payloads = Vec::new();
+    for i in 0..10 {
+        payloads.push(b"{\"timestamp\": \"yesterday\"}".to_vec());
+        payloads.push(guide_message(&format!("capped-{i}"), 10.0, 100.0, ts + i));
+    }
+    produce(&producer(), &s.topic, 0, &payloads).await;
+
+    wait_for_count(&s.db, "SELECT count(*) FROM system_metrics", 10).await;
+    let next = wait_for_count(
+        &s.db,
+        "SELECT COALESCE(MAX(next_offset), 0)::int8 FROM kafka_offsets WHERE partition = 0",
+        20,
+    )
+    .await;
+    assert_eq!(next, 20);
+    let status = app.status().await;
+    assert_eq!(
+        status["validator"]["invalid_by_reason"]["wrong_type"], 10,
+        "every rejection is counted, logged or not: {status:#}"
+    );
+    // Read in a second or two: two windows at most.
+    let warnings = app.lines_containing("invalid message skipped").len();
+    assert!(
+        (1..=4).contains(&warnings),
+        "{warnings} rejection warnings for 10 rejections at 2 a second"
+    );
+    // The [METRIC] lines keep their own cap.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app
+        .lines_containing("[METRIC] service=log-generator pod=capped-")
+        .len()
+        < 10
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[METRIC] lines were capped by the rejection cap"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_full_batch_is_flushed_by_size() {
     let s = setup().await;
     let mut env = s.env();

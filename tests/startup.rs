@@ -64,6 +64,7 @@ fn help_lists_every_setting_with_its_default() {
         ("VALIDATOR_MAILBOX_CAPACITY", "4"),
         ("WRITER_MAILBOX_CAPACITY", "8"),
         ("METRIC_LOG_MAX_PER_SEC", "100"),
+        ("REJECTION_LOG_MAX_PER_SEC", "100"),
         ("SHUTDOWN_TIMEOUT_MS", "30000"),
     ] {
         // Secret settings show their variable without its value.
