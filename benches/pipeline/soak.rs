@@ -8,28 +8,32 @@
 //! first: the descriptors, threads and connections of the second half never exceed the most
 //! of the first half, and resident memory stays within 10% of it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
 use futures_util::StreamExt;
-use panopticon::domain::WireMetric;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::{
-    CpuSnapshot, Database, Deliveries, Service, Settings, Tracking, committed, connect,
-    create_topic, now_ms, pod_infos, proc_status_number, round3, send, service_env, step,
-    stored_rows, within,
-};
+use crate::db::{Database, committed, connect, stored_rows};
+use crate::kafka::{Deliveries, Tracking, create_topic, send};
+use crate::pods::pod_infos;
+use crate::report::Machine;
+use crate::sampling::{CpuSnapshot, memory_mib, open_fds, proc_status_number};
+use crate::service::{Service, service_env};
+use crate::settings::Settings;
+use crate::{json_text, now_ms, round3, step, within};
 
 /// The soak's own settings.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize)]
 pub struct Soak {
     /// How long the stream runs (`BENCH_SOAK_SECS`).
     pub secs: u64,
@@ -93,23 +97,10 @@ fn produce(
         while valid < due {
             let pod_index = valid as usize % pods.len();
             let pod = &mut pods[pod_index];
-            pod.cpu = (pod.cpu + (rng.f64() - 0.5) * 8.0).clamp(0.0, 100.0);
-            pod.memory = (pod.memory + (rng.f64() - 0.5) * 16.0).clamp(16.0, 4096.0);
+            pod.wander(&mut rng);
             let ts = now_ms().max(last_ts[pod_index] + 1);
             last_ts[pod_index] = ts;
-            payload.clear();
-            serde_json::to_writer(
-                &mut payload,
-                &WireMetric {
-                    timestamp: ts,
-                    service: &pod.service,
-                    pod_name: &pod.name,
-                    namespace: &pod.namespace,
-                    node_name: &pod.node,
-                    cpu: (pod.cpu * 100.0).round() / 100.0,
-                    memory: (pod.memory * 100.0).round() / 100.0,
-                },
-            )?;
+            pod.write(&mut payload, ts)?;
             let partition = pod_index as i32 % partitions;
             send(producer, topic, partition, &pod.name, &payload, 0)?;
             valid += 1;
@@ -126,11 +117,6 @@ fn produce(
     }
     producer.flush(Duration::from_secs(60))?;
     Ok(())
-}
-
-/// Descriptors the process has open.
-fn open_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// Connections to the soak's database, the bench's own (the one asking) left out.
@@ -210,49 +196,108 @@ struct Sample {
     broker_rss_mib: f64,
 }
 
+/// A [`Sample`] as the report shows it, rounded.
+#[derive(Serialize)]
+struct SampleReport {
+    at_s: f64,
+    rss_mib: f64,
+    open_fds: u64,
+    threads: u64,
+    db_connections: i64,
+    sent_valid: u64,
+    sent_bad: u64,
+    offsets_stored: i64,
+    stored_per_s: f64,
+    lag: i64,
+    dead_lettered: u64,
+    service_cpu_pct: f64,
+    machine_busy_pct: f64,
+    broker_rss_mib: f64,
+}
+
 impl Sample {
-    fn json(&self) -> Value {
-        json!({
-            "at_s": round3(self.at_s),
-            "rss_mib": round3(self.rss_mib),
-            "open_fds": self.fds,
-            "threads": self.threads,
-            "db_connections": self.connections,
-            "sent_valid": self.sent,
-            "sent_bad": self.bad_sent,
-            "offsets_stored": self.committed,
-            "stored_per_s": self.stored_per_s.round(),
-            "lag": self.lag,
-            "dead_lettered": self.dead_lettered,
-            "service_cpu_pct": round3(self.service_cpu_pct),
-            "machine_busy_pct": round3(self.machine_busy_pct),
-            "broker_rss_mib": round3(self.broker_rss_mib),
-        })
+    fn report(&self) -> SampleReport {
+        SampleReport {
+            at_s: round3(self.at_s),
+            rss_mib: round3(self.rss_mib),
+            open_fds: self.fds,
+            threads: self.threads,
+            db_connections: self.connections,
+            sent_valid: self.sent,
+            sent_bad: self.bad_sent,
+            offsets_stored: self.committed,
+            stored_per_s: self.stored_per_s.round(),
+            lag: self.lag,
+            dead_lettered: self.dead_lettered,
+            service_cpu_pct: round3(self.service_cpu_pct),
+            machine_busy_pct: round3(self.machine_busy_pct),
+            broker_rss_mib: round3(self.broker_rss_mib),
+        }
+    }
+}
+
+/// Takes the [`Sample`]s: each one's rates cover the time since the one before.
+struct Sampler<'a> {
+    pid: u32,
+    broker_pid: u32,
+    tck: f64,
+    started: Instant,
+    sent: &'a Sent,
+    /// The CPU and the stored offsets at the sample before.
+    previous: (CpuSnapshot, i64),
+}
+
+impl Sampler<'_> {
+    fn take(&mut self, stored: i64, status: &Value, connections: i64) -> Sample {
+        let at = Instant::now();
+        let cpu = CpuSnapshot::take(self.pid, self.broker_pid);
+        let spent = self.previous.0.until(&cpu, self.tck);
+        let wall = spent.wall_s.max(1e-9);
+        let lag = status["consumer"]["partitions"]
+            .as_object()
+            .map(|p| p.values().filter_map(|p| p["lag"].as_i64()).sum())
+            .unwrap_or(0);
+        let sample = Sample {
+            at_s: at.duration_since(self.started).as_secs_f64(),
+            rss_mib: memory_mib(self.pid, "VmRSS:"),
+            fds: open_fds(self.pid).unwrap_or(0),
+            threads: proc_status_number(self.pid, "Threads:").unwrap_or(0),
+            connections,
+            sent: self.sent.valid.load(Ordering::Relaxed),
+            bad_sent: self.sent.bad.load(Ordering::Relaxed),
+            committed: stored,
+            stored_per_s: (stored - self.previous.1) as f64 / wall,
+            lag,
+            dead_lettered: status["validator"]["dead_lettered"].as_u64().unwrap_or(0),
+            service_cpu_pct: 100.0 * spent.service_cpu_s / wall,
+            machine_busy_pct: spent.machine_busy_pct,
+            broker_rss_mib: memory_mib(self.broker_pid, "VmRSS:"),
+        };
+        self.previous = (cpu, stored);
+        sample
     }
 }
 
 const HEADER: &str = "    t  RSS MiB   fds  threads  db conns   msgs sent  stored/s     lag  dead ltrs  CPU %  machine%  broker MiB";
 
-/// One line of the table, from a sample's JSON.
-fn row(sample: &Value) -> String {
-    let t = sample["at_s"].as_f64().unwrap_or(0.0).round() as u64;
-    let num = |key: &str| sample[key].as_f64().unwrap_or(f64::NAN);
-    let int = |key: &str| sample[key].as_i64().unwrap_or(-1);
+/// One line of the table.
+fn row(sample: &SampleReport) -> String {
+    let t = sample.at_s.round() as u64;
     format!(
         "{:>3}:{:02} {:>8.1} {:>5} {:>8} {:>9} {:>11} {:>9.0} {:>7} {:>10} {:>6.1} {:>9.1} {:>11.1}",
         t / 60,
         t % 60,
-        num("rss_mib"),
-        int("open_fds"),
-        int("threads"),
-        int("db_connections"),
-        int("sent_valid") + int("sent_bad"),
-        num("stored_per_s"),
-        int("lag"),
-        int("dead_lettered"),
-        num("service_cpu_pct"),
-        num("machine_busy_pct"),
-        num("broker_rss_mib"),
+        sample.rss_mib,
+        sample.open_fds,
+        sample.threads,
+        sample.db_connections,
+        sample.sent_valid + sample.sent_bad,
+        sample.stored_per_s,
+        sample.lag,
+        sample.dead_lettered,
+        sample.service_cpu_pct,
+        sample.machine_busy_pct,
+        sample.broker_rss_mib,
     )
 }
 
@@ -260,7 +305,20 @@ fn row(sample: &Value) -> String {
 type Figure = fn(&Sample) -> f64;
 
 /// Whether the second half of the run stays within what the first half reached.
-fn flatness(samples: &[Sample]) -> Value {
+#[derive(Serialize)]
+struct Flatness {
+    flat: bool,
+    checks: BTreeMap<&'static str, FlatCheck>,
+}
+
+#[derive(Serialize)]
+struct FlatCheck {
+    first_half_max: f64,
+    second_half_max: f64,
+    flat: bool,
+}
+
+fn flatness(samples: &[Sample]) -> Flatness {
     // The sample before the stream started is a baseline, not part of either half.
     let running = &samples[1.min(samples.len())..];
     let half = running.len() / 2;
@@ -272,18 +330,67 @@ fn flatness(samples: &[Sample]) -> Value {
         ("threads", |s| s.threads as f64, 1.0),
         ("db_connections", |s| s.connections as f64, 1.0),
     ];
-    let mut checks = serde_json::Map::new();
+    let mut checks = BTreeMap::new();
     let mut flat = !first.is_empty() && !second.is_empty();
     for (name, f, slack) in figures {
         let (a, b) = (most(first, f), most(second, f));
         let ok = b <= a * slack;
         flat &= ok;
         checks.insert(
-            name.into(),
-            json!({ "first_half_max": a, "second_half_max": b, "flat": ok }),
+            name,
+            FlatCheck {
+                first_half_max: a,
+                second_half_max: b,
+                flat: ok,
+            },
         );
     }
-    json!({ "flat": flat, "checks": checks })
+    Flatness { flat, checks }
+}
+
+/// The report's `settings`.
+#[derive(Serialize)]
+struct SoakSettings {
+    #[serde(flatten)]
+    soak: Soak,
+    pods: u32,
+    partitions: i32,
+}
+
+/// What the soak found.
+#[derive(Serialize)]
+pub struct SoakReport {
+    settings: SoakSettings,
+    samples: Vec<SampleReport>,
+    end: SampleReport,
+    everything_in_after_s: f64,
+    sent_valid: u64,
+    sent_bad: u64,
+    offsets_stored: i64,
+    rows_stored: i64,
+    lost_metrics: i64,
+    duplicate_rows: i64,
+    invalid_counted: u64,
+    /// As the service's `/status` tells them.
+    invalid_by_reason: Value,
+    dead_lettered_acknowledged: u64,
+    dead_letters_in_topic: u64,
+    dead_letters_distinct: u64,
+    duplicates_skipped: Value,
+    writer_errors: Value,
+    flushes: Value,
+    exit: Option<i32>,
+    flatness: Flatness,
+    pass: bool,
+}
+
+/// The soak's report as written to `BENCH_JSON`: what it found, the machine, the table.
+#[derive(Serialize)]
+pub struct Written<'a> {
+    #[serde(flatten)]
+    pub report: &'a SoakReport,
+    pub machine: Machine,
+    pub table: String,
 }
 
 pub async fn run(
@@ -292,7 +399,7 @@ pub async fn run(
     broker: &str,
     broker_pid: u32,
     tck: f64,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<SoakReport> {
     ensure!(soak.rate > 0, "BENCH_SOAK_RATE must be > 0");
     ensure!(soak.bad_every_ms > 0, "BENCH_SOAK_BAD_EVERY_MS must be > 0");
     ensure!(soak.report_secs > 0, "BENCH_SOAK_REPORT_SECS must be > 0");
@@ -326,36 +433,13 @@ pub async fn run(
 
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
-    let mut previous = (CpuSnapshot::take(pid, broker_pid), 0i64);
-    let take = |at: Instant,
-                previous: &(CpuSnapshot, i64),
-                stored: i64,
-                status: &Value,
-                connections: i64| {
-        let cpu = CpuSnapshot::take(pid, broker_pid);
-        let spent = previous.0.until(&cpu, tck);
-        let wall = spent["wall_s"].as_f64().unwrap_or(0.0).max(1e-9);
-        let lag = status["consumer"]["partitions"]
-            .as_object()
-            .map(|p| p.values().filter_map(|p| p["lag"].as_i64()).sum())
-            .unwrap_or(0);
-        let sample = Sample {
-            at_s: at.duration_since(started).as_secs_f64(),
-            rss_mib: proc_status_number(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
-            fds: open_fds(pid).unwrap_or(0),
-            threads: proc_status_number(pid, "Threads:").unwrap_or(0),
-            connections,
-            sent: sent.valid.load(Ordering::Relaxed),
-            bad_sent: sent.bad.load(Ordering::Relaxed),
-            committed: stored,
-            stored_per_s: (stored - previous.1) as f64 / wall,
-            lag,
-            dead_lettered: status["validator"]["dead_lettered"].as_u64().unwrap_or(0),
-            service_cpu_pct: 100.0 * spent["service_cpu_s"].as_f64().unwrap_or(0.0) / wall,
-            machine_busy_pct: spent["machine_busy_pct"].as_f64().unwrap_or(0.0),
-            broker_rss_mib: proc_status_number(broker_pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
-        };
-        (sample, cpu)
+    let mut sampler = Sampler {
+        pid,
+        broker_pid,
+        tck,
+        started,
+        sent: &sent,
+        previous: (CpuSnapshot::take(pid, broker_pid), 0),
     };
 
     eprintln!("{HEADER}");
@@ -365,9 +449,8 @@ pub async fn run(
         let stored = committed(&poll, &group, &topic).await?;
         let status = service.status().await;
         let connections = database_connections(&poll, &db.name).await?;
-        let (sample, cpu) = take(Instant::now(), &previous, stored, &status, connections);
-        eprintln!("{}", row(&sample.json()));
-        previous = (cpu, stored);
+        let sample = sampler.take(stored, &status, connections);
+        eprintln!("{}", row(&sample.report()));
         samples.push(sample);
         if k == intervals {
             break;
@@ -398,12 +481,7 @@ pub async fn run(
     within(Duration::from_secs(120), "soak producer", producing)
         .await?
         .context("soak producer panicked")??;
-    if let Some(e) = deliveries.first_error.lock().unwrap().clone() {
-        anyhow::bail!(
-            "{} messages were not delivered: {e}",
-            deliveries.failed.load(Ordering::Relaxed)
-        );
-    }
+    deliveries.ensure_all_delivered()?;
     let valid = sent.valid.load(Ordering::Relaxed);
     let bad = sent.bad.load(Ordering::Relaxed);
     let total = (valid + bad) as i64;
@@ -421,14 +499,8 @@ pub async fn run(
     };
     let finished_after_s = started.elapsed().as_secs_f64();
     let connections = database_connections(&poll, &db.name).await?;
-    let (last, _) = take(
-        Instant::now(),
-        &previous,
-        stored_offsets,
-        &status,
-        connections,
-    );
-    eprintln!("{}  (everything in)", row(&last.json()));
+    let last = sampler.take(stored_offsets, &status, connections).report();
+    eprintln!("{}  (everything in)", row(&last));
     drop(poll);
     drop(producer);
     let exit = service.process.terminate(Duration::from_secs(40))?;
@@ -443,89 +515,76 @@ pub async fn run(
     let dead_lettered = status["validator"]["dead_lettered"].as_u64().unwrap_or(0);
     let every_bad_one = invalid_total == bad && dead_lettered == bad && dlq_sources == bad;
     let pass = lost == 0 && doubled == 0 && every_bad_one && stored_offsets == total;
-    Ok(json!({
-        "settings": {
-            "secs": soak.secs,
-            "rate": soak.rate,
-            "bad_every_ms": soak.bad_every_ms,
-            "report_secs": soak.report_secs,
-            "linger_ms": soak.linger_ms,
-            "pods": settings.pods,
-            "partitions": settings.partitions,
+    Ok(SoakReport {
+        settings: SoakSettings {
+            soak,
+            pods: settings.pods,
+            partitions: settings.partitions,
         },
-        "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
-        "end": last.json(),
-        "everything_in_after_s": round3(finished_after_s),
-        "sent_valid": valid,
-        "sent_bad": bad,
-        "offsets_stored": stored_offsets,
-        "rows_stored": rows,
-        "lost_metrics": lost,
-        "duplicate_rows": doubled,
-        "invalid_counted": invalid_total,
-        "invalid_by_reason": status["validator"]["invalid_by_reason"].clone(),
-        "dead_lettered_acknowledged": dead_lettered,
-        "dead_letters_in_topic": dlq_messages,
-        "dead_letters_distinct": dlq_sources,
-        "duplicates_skipped": status["writer"]["duplicates_skipped"].clone(),
-        "writer_errors": status["writer"]["actor"]["errors"].clone(),
-        "flushes": status["writer"]["flushes"].clone(),
-        "exit": exit.code(),
-        "flatness": verdict,
-        "pass": pass,
-    }))
+        samples: samples.iter().map(Sample::report).collect(),
+        end: last,
+        everything_in_after_s: round3(finished_after_s),
+        sent_valid: valid,
+        sent_bad: bad,
+        offsets_stored: stored_offsets,
+        rows_stored: rows,
+        lost_metrics: lost,
+        duplicate_rows: doubled,
+        invalid_counted: invalid_total,
+        invalid_by_reason: status["validator"]["invalid_by_reason"].clone(),
+        dead_lettered_acknowledged: dead_lettered,
+        dead_letters_in_topic: dlq_messages,
+        dead_letters_distinct: dlq_sources,
+        duplicates_skipped: status["writer"]["duplicates_skipped"].clone(),
+        writer_errors: status["writer"]["actor"]["errors"].clone(),
+        flushes: status["writer"]["flushes"].clone(),
+        exit: exit.code(),
+        flatness: verdict,
+        pass,
+    })
 }
 
 /// The report's table: one row per sample, then the totals and the verdict.
-pub fn table(report: &Value) -> String {
+pub fn table(report: &SoakReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let s = &report["settings"];
+    let s = &report.settings;
     let _ = writeln!(
         out,
         "soak: {} s at {} msg/s, a bad message every {} ms, {} pods, {} partitions, sampled every {} s",
-        s["secs"], s["rate"], s["bad_every_ms"], s["pods"], s["partitions"], s["report_secs"]
+        s.soak.secs, s.soak.rate, s.soak.bad_every_ms, s.pods, s.partitions, s.soak.report_secs
     );
     let _ = writeln!(out, "{HEADER}");
-    let samples = report["samples"].as_array().cloned().unwrap_or_default();
-    for sample in samples.iter().chain([&report["end"]]) {
+    for sample in report.samples.iter().chain([&report.end]) {
         let _ = writeln!(out, "{}", row(sample));
     }
     let _ = writeln!(
         out,
         "sent {} valid + {} bad; rows stored {} ({} lost, {} twice); offsets stored {}; \
          invalid counted {}, dead letters acknowledged {}, in the topic {} ({} distinct); exit {}",
-        report["sent_valid"],
-        report["sent_bad"],
-        report["rows_stored"],
-        report["lost_metrics"],
-        report["duplicate_rows"],
-        report["offsets_stored"],
-        report["invalid_counted"],
-        report["dead_lettered_acknowledged"],
-        report["dead_letters_in_topic"],
-        report["dead_letters_distinct"],
-        report["exit"],
+        report.sent_valid,
+        report.sent_bad,
+        report.rows_stored,
+        report.lost_metrics,
+        report.duplicate_rows,
+        report.offsets_stored,
+        report.invalid_counted,
+        report.dead_lettered_acknowledged,
+        report.dead_letters_in_topic,
+        report.dead_letters_distinct,
+        json_text(&report.exit),
     );
-    let flat = &report["flatness"];
+    let flat = &report.flatness;
     let _ = writeln!(
         out,
         "flat (second half within the first half's most; RSS within 10%): {} {}",
-        if flat["flat"].as_bool().unwrap_or(false) {
-            "yes"
-        } else {
-            "NO"
-        },
-        flat["checks"]
+        if flat.flat { "yes" } else { "NO" },
+        json_text(&flat.checks)
     );
     let _ = writeln!(
         out,
         "nothing lost or doubled, every bad message dead-lettered once: {}",
-        if report["pass"].as_bool().unwrap_or(false) {
-            "PASS"
-        } else {
-            "FAIL"
-        }
+        if report.pass { "PASS" } else { "FAIL" }
     );
     out
 }

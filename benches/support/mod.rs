@@ -1,7 +1,11 @@
 //! What the database benchmarks share: their settings from the environment, and a fresh
-//! database made by the service's migrations, dropped at the end.
+//! database made by the service's migrations, dropped at the end (made with the pieces the
+//! tests and the pipeline benchmark share, `tests/common/harness.rs`).
 
-use tokio_postgres::{Client, NoTls};
+#[path = "../../tests/common/harness.rs"]
+mod harness;
+
+use tokio_postgres::Client;
 
 pub fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -22,16 +26,9 @@ impl FreshDatabase {
         let admin_url = std::env::var("BENCH_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = format!("panopticon_bench_{tag}_{}", std::process::id());
-        let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(&admin_url);
-        let url = format!("{base}/{name}");
+        let admin = harness::connect(&admin_url).await?;
+        harness::create_database(&admin, &name).await?;
+        let url = harness::database_url(&admin_url, &name);
         panopticon::db::migrate(&url).await?;
         Ok(FreshDatabase { admin, name, url })
     }

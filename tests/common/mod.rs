@@ -5,26 +5,25 @@
 //! `PANOPTICON_TEST_BROKERS` points the tests at an already running broker instead;
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) names the
 //! server on which test databases are created.
+//!
+//! The pieces that answer errors instead of panicking, which the benchmarks use too, are in
+//! `harness.rs`; the helpers here panic on them.
 
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod pg;
 pub mod proxy;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_postgres::NoTls;
 
 pub const PARTITIONS: i32 = 3;
 
@@ -39,35 +38,18 @@ pub fn broker() -> &'static str {
     })
 }
 
+/// `TANSU`, else the installed tansu.
 pub fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("TANSU") {
-        return PathBuf::from(path);
-    }
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    let installed = cargo_home.join("bin/tansu");
-    if installed.exists() {
-        installed
-    } else {
-        PathBuf::from("tansu")
+    match std::env::var("TANSU") {
+        Ok(path) => PathBuf::from(path),
+        Err(_) => harness::installed_tansu(),
     }
 }
 
 /// Runs a watchdog shell script in the background, its output discarded: it ends a server of
 /// the test's own once the test process is gone, since statics are never dropped.
 pub fn spawn_watchdog(script: &str) {
-    let mut watchdog = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a watchdog");
-    std::thread::spawn(move || watchdog.wait());
+    harness::spawn_watchdog(script, &[]).expect("start a watchdog");
 }
 
 /// Starts tansu on a free port. A watchdog shell ends it when this test process exits, since
@@ -82,10 +64,9 @@ fn start_tansu() -> String {
 /// `advertised` (a proxy in front of it, say), and waits until it listens. It ends with the
 /// test process.
 pub fn start_tansu_advertising(port: u16, advertised: &str) {
-    let url = format!("tcp://127.0.0.1:{port}");
     let tansu = tansu_binary();
     let script = format!(
-        "\"$0\" broker --listener-url {url} --advertised-listener-url tcp://{advertised} --storage-engine memory://tansu/ & b=$!; \
+        "\"$0\" \"$@\" & b=$!; \
          while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null",
         parent = std::process::id()
     );
@@ -98,6 +79,7 @@ pub fn start_tansu_advertising(port: u16, advertised: &str) {
         .arg("-c")
         .arg(script)
         .arg(&tansu)
+        .args(harness::tansu_args(port, advertised, "memory://tansu/"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -109,21 +91,11 @@ pub fn start_tansu_advertising(port: u16, advertised: &str) {
         });
     // The watchdog outlives this call on purpose; it ends with the test process.
     std::thread::spawn(move || watchdog.wait());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    harness::wait_for_port(port, "tansu", || None).unwrap_or_else(|e| panic!("{e}"));
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    harness::free_port().expect("no free port")
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -157,21 +129,9 @@ pub async fn create_topics(topics: &[(&str, i32)]) {
 
 /// [`create_topics`] on the broker `client` connects to.
 pub async fn create_topics_with(client: &ClientConfig, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
-    // One topic a request: tansu answers only the first topic of a multi-topic request.
-    for (topic, partitions) in topics {
-        let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(1));
-        let results = admin
-            .create_topics(
-                [&new],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .expect("create topic");
-        for result in results {
-            result.expect("topic created");
-        }
-    }
+    harness::create_topics(client, topics)
+        .await
+        .unwrap_or_else(|e| panic!("create topics {topics:?}: {e:#}"));
 }
 
 /// The topics the broker knows.
@@ -239,16 +199,11 @@ impl TestDatabase {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = unique("panopticon_test");
         let client = connect(&admin_url).await;
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        harness::create_database(&client, &name)
             .await
             .expect("create test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(&admin_url);
         TestDatabase {
-            url: format!("{base}/{name}"),
+            url: harness::database_url(&admin_url, &name),
             name,
             admin_url,
         }
@@ -284,31 +239,12 @@ impl Drop for TestDatabase {
         }
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async {
-                    if let Ok((client, conn)) = tokio_postgres::connect(&admin_url, NoTls).await {
-                        tokio::spawn(conn);
-                        let _ = client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
+        let _ = std::thread::spawn(move || harness::drop_database(&admin_url, &name)).join();
     }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
-    client
+    harness::connect(url).await.expect("connect to PostgreSQL")
 }
 
 /// The running service: its process, its captured log and its HTTP port.
@@ -339,57 +275,30 @@ impl TestApp {
     pub fn spawn(env: HashMap<String, String>) -> TestApp {
         let mut app = TestApp::spawn_args(env, &[]);
         let line = app
-            .wait_for_log(
-                "Application is running on: http://localhost:",
-                Duration::from_secs(30),
-            )
+            .wait_for_log(harness::START_LINE, Duration::from_secs(30))
             .expect("the service did not start its HTTP server");
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("port in the start-up line");
+        let port = harness::service_port(&line).expect("port in the start-up line");
         app.port = Some(port);
         app
     }
 
     /// Starts the binary with arguments, without waiting for anything.
     pub fn spawn_args(env: HashMap<String, String>, args: &[&str]) -> TestApp {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_panopticon"));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut command =
+            harness::service_command(Path::new(env!("CARGO_BIN_EXE_panopticon")), &env);
+        command.args(args);
         let mut child = command.spawn().expect("start panopticon");
         let log = Arc::new(Mutex::new(Vec::new()));
         let echo = std::env::var_os("TEST_LOG").is_some();
-        for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        harness::read_output(&mut child, {
             let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if echo {
-                        eprintln!("{line}");
-                    }
-                    log.lock().unwrap().push(line);
+            move |line| {
+                if echo {
+                    eprintln!("{line}");
                 }
-            });
-        }
+                log.lock().unwrap().push(line);
+            }
+        });
         TestApp {
             child,
             log,

@@ -5,10 +5,11 @@
 //! it and the broker advertises socat's port.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use rdkafka::config::ClientConfig;
+
+use super::harness::{self, Guarded};
 
 /// Certificates in a temporary directory, removed on drop.
 pub struct Certs {
@@ -119,50 +120,23 @@ impl Certs {
     }
 }
 
-/// A process ended when dropped, and by a watchdog should the test process die first.
-pub struct Guarded {
-    child: Child,
-}
-
-impl Guarded {
-    pub fn spawn(mut command: Command) -> Guarded {
-        let log = if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let script = format!(
-            "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 0.5; done; kill {child} 2>/dev/null",
-            parent = std::process::id(),
-            child = child.id()
-        );
-        super::spawn_watchdog(&script);
-        Guarded { child }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `command`, its output discarded (stderr shown with `TEST_LOG`); it ends when
+/// dropped, and by a watchdog should the test process die first.
+fn guarded(name: &'static str, mut command: Command) -> Guarded {
+    let log = if std::env::var_os("TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    Guarded::spawn(name, &mut command).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    harness::wait_for_port(port, what, || None).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// tansu behind socat: clients speak TLS to `localhost:<port>`, which the broker advertises.
@@ -194,7 +168,7 @@ impl TlsBroker {
             certs.path("server.key").display()
         ));
         socat.arg(format!("TCP:127.0.0.1:{inner_port}"));
-        let terminator = Guarded::spawn(socat);
+        let terminator = guarded("socat", socat);
         let mut broker = TlsBroker {
             address: format!("localhost:{tls_port}"),
             tls_port,
@@ -237,18 +211,16 @@ impl TlsBroker {
     fn run_broker(&mut self, storage: &str, authentication: bool) {
         let mut tansu = Command::new(&self.tansu);
         tansu
-            .arg("broker")
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{}", self.inner_port))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://localhost:{}", self.tls_port))
-            .arg("--storage-engine")
-            .arg(storage)
+            .args(harness::tansu_args(
+                self.inner_port,
+                &format!("localhost:{}", self.tls_port),
+                storage,
+            ))
             .current_dir(self.dir.path());
         if authentication {
             tansu.arg("--authentication");
         }
-        self.broker = Some(Guarded::spawn(tansu));
+        self.broker = Some(guarded("tansu", tansu));
         wait_for_port(self.inner_port, "tansu");
     }
 }
