@@ -192,3 +192,170 @@ pub async fn metrics(stats: web::Data<Arc<Stats>>) -> HttpResponse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Reason;
+    use crate::stats::{FlushReport, PartitionReport, Trigger};
+
+    /// Stats with every figure set, and some partitions knowing only part of theirs.
+    fn populated() -> Stats {
+        let stats = Stats::default();
+        for (actor, [enqueued, handled, records, errors, capacity]) in [
+            (&stats.consumer, [10, 7, 1234, 1, 0]),
+            (&stats.validator, [5, 5, 1200, 0, 4]),
+            (&stats.writer, [3, 2, 1190, 2, 8]),
+        ] {
+            actor.enqueued.store(enqueued, Ordering::Relaxed);
+            actor.handled.store(handled, Ordering::Relaxed);
+            actor.records.store(records, Ordering::Relaxed);
+            actor.errors.store(errors, Ordering::Relaxed);
+            actor.capacity.store(capacity, Ordering::Relaxed);
+        }
+        stats.count_rejection(Reason::InvalidJson);
+        stats.count_rejection(Reason::InvalidJson);
+        stats.count_rejection(Reason::TooOld);
+        stats.dead_lettered.store(3, Ordering::Relaxed);
+        stats.duplicates_skipped.store(4, Ordering::Relaxed);
+        stats.rows_buffered.store(17, Ordering::Relaxed);
+        stats.rows_written.store(1190, Ordering::Relaxed);
+        stats.flushes_by_size.store(5, Ordering::Relaxed);
+        stats.flushes_by_time.store(6, Ordering::Relaxed);
+        stats.flushes_on_shutdown.store(1, Ordering::Relaxed);
+        *stats.last_flush.lock().unwrap() = Some(FlushReport {
+            at: chrono::Utc::now(),
+            rows: 40,
+            duration_ms: 12.5,
+            trigger: Trigger::Time,
+        });
+        {
+            let mut partitions = stats.partitions.lock().unwrap();
+            let mut full = PartitionReport::default();
+            full.committed(20);
+            full.read(25);
+            full.observed(30, 5);
+            partitions.insert(0, full);
+            let mut estimated = PartitionReport::default();
+            estimated.observed(-1, 7);
+            partitions.insert(1, estimated);
+            partitions.insert(12, PartitionReport::default());
+        }
+        stats.consumer_paused.store(true, Ordering::Relaxed);
+        stats.database_connected.store(true, Ordering::Relaxed);
+        stats
+    }
+
+    #[test]
+    fn renders_every_figure_exactly_as_before() {
+        let text = String::from_utf8(render(&populated()).unwrap()).unwrap();
+        assert_eq!(text, EXPECTED, "{text}");
+    }
+
+    /// A fresh start has no partitions: their families are left out rather than shown empty,
+    /// while every other figure is shown at zero.
+    #[test]
+    fn a_fresh_start_shows_zeros_and_no_partition() {
+        let text = String::from_utf8(render(&Stats::default()).unwrap()).unwrap();
+        assert!(!text.contains("panopticon_partition_"), "{text}");
+        assert!(
+            text.contains("\npanopticon_last_flush_duration_seconds 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npanopticon_records_total{actor=\"writer\"} 0\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 16);
+    }
+
+    /// `/metrics` as it was rendered before its metrics became a table.
+    const EXPECTED: &str = r#"# HELP panopticon_consumer_paused 1 while the consumer holds its partitions paused
+# TYPE panopticon_consumer_paused gauge
+panopticon_consumer_paused 1
+# HELP panopticon_database_up 1 while database writes succeed
+# TYPE panopticon_database_up gauge
+panopticon_database_up 1
+# HELP panopticon_dead_letters_total Messages sent to the dead-letter topic and acknowledged
+# TYPE panopticon_dead_letters_total counter
+panopticon_dead_letters_total 3
+# HELP panopticon_duplicates_skipped_total Rows not stored because the same metric was stored already
+# TYPE panopticon_duplicates_skipped_total counter
+panopticon_duplicates_skipped_total 4
+# HELP panopticon_errors_total Failures the actor recovered from
+# TYPE panopticon_errors_total counter
+panopticon_errors_total{actor="consumer"} 1
+panopticon_errors_total{actor="validator"} 0
+panopticon_errors_total{actor="writer"} 2
+# HELP panopticon_flushes_total Batches written, by trigger
+# TYPE panopticon_flushes_total counter
+panopticon_flushes_total{trigger="shutdown"} 1
+panopticon_flushes_total{trigger="size"} 5
+panopticon_flushes_total{trigger="time"} 6
+# HELP panopticon_invalid_messages_total Messages rejected by the validator
+# TYPE panopticon_invalid_messages_total counter
+panopticon_invalid_messages_total{reason="control_character"} 0
+panopticon_invalid_messages_total{reason="empty_string"} 0
+panopticon_invalid_messages_total{reason="future_timestamp"} 0
+panopticon_invalid_messages_total{reason="invalid_json"} 2
+panopticon_invalid_messages_total{reason="invalid_utf8"} 0
+panopticon_invalid_messages_total{reason="missing_field"} 0
+panopticon_invalid_messages_total{reason="not_an_object"} 0
+panopticon_invalid_messages_total{reason="out_of_range"} 0
+panopticon_invalid_messages_total{reason="too_long"} 0
+panopticon_invalid_messages_total{reason="too_old"} 1
+panopticon_invalid_messages_total{reason="wrong_type"} 0
+# HELP panopticon_last_flush_duration_seconds Duration of the last flush
+# TYPE panopticon_last_flush_duration_seconds gauge
+panopticon_last_flush_duration_seconds 0.0125
+# HELP panopticon_mailbox_capacity Mailbox capacity in actor messages
+# TYPE panopticon_mailbox_capacity gauge
+panopticon_mailbox_capacity{actor="consumer"} 0
+panopticon_mailbox_capacity{actor="validator"} 4
+panopticon_mailbox_capacity{actor="writer"} 8
+# HELP panopticon_mailbox_depth Actor messages waiting in the mailbox
+# TYPE panopticon_mailbox_depth gauge
+panopticon_mailbox_depth{actor="consumer"} 3
+panopticon_mailbox_depth{actor="validator"} 0
+panopticon_mailbox_depth{actor="writer"} 1
+# HELP panopticon_messages_handled_total Actor messages handled
+# TYPE panopticon_messages_handled_total counter
+panopticon_messages_handled_total{actor="consumer"} 7
+panopticon_messages_handled_total{actor="validator"} 5
+panopticon_messages_handled_total{actor="writer"} 2
+# HELP panopticon_messages_received_total Actor messages enqueued
+# TYPE panopticon_messages_received_total counter
+panopticon_messages_received_total{actor="consumer"} 10
+panopticon_messages_received_total{actor="validator"} 5
+panopticon_messages_received_total{actor="writer"} 3
+# HELP panopticon_partition_committed_offset Next offset committed, per partition
+# TYPE panopticon_partition_committed_offset gauge
+panopticon_partition_committed_offset{partition="0"} 20
+# HELP panopticon_partition_high_watermark High watermark, per partition
+# TYPE panopticon_partition_high_watermark gauge
+panopticon_partition_high_watermark{partition="0"} 30
+# HELP panopticon_partition_lag_messages Messages not yet committed, per partition
+# TYPE panopticon_partition_lag_messages gauge
+panopticon_partition_lag_messages{partition="0"} 10
+panopticon_partition_lag_messages{partition="1"} 7
+# HELP panopticon_records_per_second Records a second over the window
+# TYPE panopticon_records_per_second gauge
+panopticon_records_per_second{actor="consumer",window="10s"} 0
+panopticon_records_per_second{actor="consumer",window="1m"} 0
+panopticon_records_per_second{actor="validator",window="10s"} 0
+panopticon_records_per_second{actor="validator",window="1m"} 0
+panopticon_records_per_second{actor="writer",window="10s"} 0
+panopticon_records_per_second{actor="writer",window="1m"} 0
+# HELP panopticon_records_total Kafka records or rows through the actor
+# TYPE panopticon_records_total counter
+panopticon_records_total{actor="consumer"} 1234
+panopticon_records_total{actor="validator"} 1200
+panopticon_records_total{actor="writer"} 1190
+# HELP panopticon_rows_buffered Rows waiting in the writer's batch
+# TYPE panopticon_rows_buffered gauge
+panopticon_rows_buffered 17
+# HELP panopticon_rows_written_total Rows committed to the database
+# TYPE panopticon_rows_written_total counter
+panopticon_rows_written_total 1190
+"#;
+}
