@@ -5,177 +5,252 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use actix_web::{HttpResponse, web};
-use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
-use crate::stats::Stats;
+use crate::stats::{ActorStats, PartitionReport, Stats};
+
+/// How Prometheus is told to read a family.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Only ever goes up (until the process restarts).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One sample: its label values, in the order of its family's label names, and its value.
+type Sample = (Vec<String>, f64);
+
+/// One metric family of `/metrics`, without the `panopticon_` prefix.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    /// Label names; none for a family of one unlabelled sample.
+    labels: &'static [&'static str],
+    /// The samples, read from [`Stats`] at each scrape. A family that reads none is left out.
+    read: fn(&Stats) -> Vec<Sample>,
+}
+
+/// Every figure of `/metrics`. The text lists families by name and samples by label values,
+/// whatever the order here.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "mailbox_depth",
+        help: "Actor messages waiting in the mailbox",
+        kind: Kind::Gauge,
+        labels: &["actor"],
+        read: |s| per_actor(s, ActorStats::mailbox_depth),
+    },
+    Family {
+        name: "mailbox_capacity",
+        help: "Mailbox capacity in actor messages",
+        kind: Kind::Gauge,
+        labels: &["actor"],
+        read: |s| per_actor(s, |a| a.capacity.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "messages_received_total",
+        help: "Actor messages enqueued",
+        kind: Kind::Counter,
+        labels: &["actor"],
+        read: |s| per_actor(s, |a| a.enqueued.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "messages_handled_total",
+        help: "Actor messages handled",
+        kind: Kind::Counter,
+        labels: &["actor"],
+        read: |s| per_actor(s, |a| a.handled.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "records_total",
+        help: "Kafka records or rows through the actor",
+        kind: Kind::Counter,
+        labels: &["actor"],
+        read: |s| per_actor(s, |a| a.records.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "errors_total",
+        help: "Failures the actor recovered from",
+        kind: Kind::Counter,
+        labels: &["actor"],
+        read: |s| per_actor(s, |a| a.errors.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "records_per_second",
+        help: "Records a second over the window",
+        kind: Kind::Gauge,
+        labels: &["actor", "window"],
+        read: |s| {
+            let rates = s.rates();
+            ACTORS
+                .iter()
+                .zip(rates)
+                .flat_map(|(actor, rates)| {
+                    [("10s", rates.rate_10s), ("1m", rates.rate_1m)]
+                        .map(|(window, rate)| (vec![actor.to_string(), window.into()], rate))
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "invalid_messages_total",
+        help: "Messages rejected by the validator",
+        kind: Kind::Counter,
+        labels: &["reason"],
+        read: |s| {
+            s.rejections()
+                .into_iter()
+                .map(|(reason, count)| (vec![reason.to_owned()], count as f64))
+                .collect()
+        },
+    },
+    Family {
+        name: "rows_written_total",
+        help: "Rows committed to the database",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| single(s.rows_written.load(Ordering::Relaxed) as f64),
+    },
+    Family {
+        name: "dead_letters_total",
+        help: "Messages sent to the dead-letter topic and acknowledged",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| single(s.dead_lettered.load(Ordering::Relaxed) as f64),
+    },
+    Family {
+        name: "duplicates_skipped_total",
+        help: "Rows not stored because the same metric was stored already",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| single(s.duplicates_skipped.load(Ordering::Relaxed) as f64),
+    },
+    Family {
+        name: "rows_buffered",
+        help: "Rows waiting in the writer's batch",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| single(s.rows_buffered.load(Ordering::Relaxed) as f64),
+    },
+    Family {
+        name: "flushes_total",
+        help: "Batches written, by trigger",
+        kind: Kind::Counter,
+        labels: &["trigger"],
+        read: |s| {
+            [
+                ("size", &s.flushes_by_size),
+                ("time", &s.flushes_by_time),
+                ("shutdown", &s.flushes_on_shutdown),
+            ]
+            .map(|(trigger, count)| (vec![trigger.into()], count.load(Ordering::Relaxed) as f64))
+            .into()
+        },
+    },
+    Family {
+        name: "last_flush_duration_seconds",
+        help: "Duration of the last flush",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| {
+            let last = s.last_flush.lock().ok().and_then(|f| f.clone());
+            single(last.map_or(0.0, |flush| flush.duration_ms / 1000.0))
+        },
+    },
+    Family {
+        name: "partition_committed_offset",
+        help: "Next offset committed, per partition",
+        kind: Kind::Gauge,
+        labels: &["partition"],
+        read: |s| per_partition(s, |p| p.committed_offset),
+    },
+    Family {
+        name: "partition_high_watermark",
+        help: "High watermark, per partition",
+        kind: Kind::Gauge,
+        labels: &["partition"],
+        read: |s| per_partition(s, |p| p.high_watermark),
+    },
+    Family {
+        name: "partition_lag_messages",
+        help: "Messages not yet committed, per partition",
+        kind: Kind::Gauge,
+        labels: &["partition"],
+        read: |s| per_partition(s, |p| p.lag),
+    },
+    Family {
+        name: "consumer_paused",
+        help: "1 while the consumer holds its partitions paused",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| single(flag(s.consumer_paused.load(Ordering::Relaxed))),
+    },
+    Family {
+        name: "database_up",
+        help: "1 while database writes succeed",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| single(flag(s.database_connected.load(Ordering::Relaxed))),
+    },
+];
+
+/// The actors, in the order of [`Stats::rates`].
+const ACTORS: [&str; 3] = ["consumer", "validator", "writer"];
+
+fn single(value: f64) -> Vec<Sample> {
+    vec![(Vec::new(), value)]
+}
+
+fn flag(on: bool) -> f64 {
+    if on { 1.0 } else { 0.0 }
+}
+
+/// One sample per actor, labelled with its name.
+fn per_actor(stats: &Stats, read: fn(&ActorStats) -> u64) -> Vec<Sample> {
+    ACTORS
+        .into_iter()
+        .zip([&stats.consumer, &stats.validator, &stats.writer])
+        .map(|(name, actor)| (vec![name.to_owned()], read(actor) as f64))
+        .collect()
+}
+
+/// One sample per assigned partition whose figure is known, labelled with its id.
+fn per_partition(stats: &Stats, read: fn(&PartitionReport) -> Option<i64>) -> Vec<Sample> {
+    let Ok(partitions) = stats.partitions.lock() else {
+        return Vec::new();
+    };
+    partitions
+        .iter()
+        .filter_map(|(id, p)| Some((vec![id.to_string()], read(p)? as f64)))
+        .collect()
+}
 
 fn render(stats: &Stats) -> Result<Vec<u8>, prometheus::Error> {
     let registry = Registry::new_custom(Some("panopticon".into()), None)?;
-    let actors = [
-        ("consumer", &stats.consumer),
-        ("validator", &stats.validator),
-        ("writer", &stats.writer),
-    ];
-
-    let depth = IntGaugeVec::new(
-        Opts::new("mailbox_depth", "Actor messages waiting in the mailbox"),
-        &["actor"],
-    )?;
-    let capacity = IntGaugeVec::new(
-        Opts::new("mailbox_capacity", "Mailbox capacity in actor messages"),
-        &["actor"],
-    )?;
-    let received = IntCounterVec::new(
-        Opts::new("messages_received_total", "Actor messages enqueued"),
-        &["actor"],
-    )?;
-    let handled = IntCounterVec::new(
-        Opts::new("messages_handled_total", "Actor messages handled"),
-        &["actor"],
-    )?;
-    let records = IntCounterVec::new(
-        Opts::new("records_total", "Kafka records or rows through the actor"),
-        &["actor"],
-    )?;
-    let errors = IntCounterVec::new(
-        Opts::new("errors_total", "Failures the actor recovered from"),
-        &["actor"],
-    )?;
-    let rate = GaugeVec::new(
-        Opts::new("records_per_second", "Records a second over the window"),
-        &["actor", "window"],
-    )?;
-    let rates = stats.rates();
-    for (index, (name, actor)) in actors.iter().enumerate() {
-        depth
-            .with_label_values(&[name])
-            .set(actor.mailbox_depth() as i64);
-        capacity
-            .with_label_values(&[name])
-            .set(actor.capacity.load(Ordering::Relaxed) as i64);
-        received
-            .with_label_values(&[name])
-            .inc_by(actor.enqueued.load(Ordering::Relaxed));
-        handled
-            .with_label_values(&[name])
-            .inc_by(actor.handled.load(Ordering::Relaxed));
-        records
-            .with_label_values(&[name])
-            .inc_by(actor.records.load(Ordering::Relaxed));
-        errors
-            .with_label_values(&[name])
-            .inc_by(actor.errors.load(Ordering::Relaxed));
-        rate.with_label_values(&[name, "10s"])
-            .set(rates[index].rate_10s);
-        rate.with_label_values(&[name, "1m"])
-            .set(rates[index].rate_1m);
-    }
-
-    let invalid = IntCounterVec::new(
-        Opts::new(
-            "invalid_messages_total",
-            "Messages rejected by the validator",
-        ),
-        &["reason"],
-    )?;
-    for (reason, count) in stats.rejections() {
-        invalid.with_label_values(&[reason]).inc_by(count);
-    }
-    let rows_written = IntCounter::new("rows_written_total", "Rows committed to the database")?;
-    rows_written.inc_by(stats.rows_written.load(Ordering::Relaxed));
-    let dead_lettered = IntCounter::new(
-        "dead_letters_total",
-        "Messages sent to the dead-letter topic and acknowledged",
-    )?;
-    dead_lettered.inc_by(stats.dead_lettered.load(Ordering::Relaxed));
-    let duplicates = IntCounter::new(
-        "duplicates_skipped_total",
-        "Rows not stored because the same metric was stored already",
-    )?;
-    duplicates.inc_by(stats.duplicates_skipped.load(Ordering::Relaxed));
-    let rows_buffered = IntGauge::new("rows_buffered", "Rows waiting in the writer's batch")?;
-    rows_buffered.set(stats.rows_buffered.load(Ordering::Relaxed) as i64);
-    let flushes = IntCounterVec::new(
-        Opts::new("flushes_total", "Batches written, by trigger"),
-        &["trigger"],
-    )?;
-    flushes
-        .with_label_values(&["size"])
-        .inc_by(stats.flushes_by_size.load(Ordering::Relaxed));
-    flushes
-        .with_label_values(&["time"])
-        .inc_by(stats.flushes_by_time.load(Ordering::Relaxed));
-    flushes
-        .with_label_values(&["shutdown"])
-        .inc_by(stats.flushes_on_shutdown.load(Ordering::Relaxed));
-    let last_flush = Gauge::new("last_flush_duration_seconds", "Duration of the last flush")?;
-    if let Some(flush) = stats.last_flush.lock().ok().and_then(|f| f.clone()) {
-        last_flush.set(flush.duration_ms / 1000.0);
-    }
-
-    let committed = IntGaugeVec::new(
-        Opts::new(
-            "partition_committed_offset",
-            "Next offset committed, per partition",
-        ),
-        &["partition"],
-    )?;
-    let high = IntGaugeVec::new(
-        Opts::new("partition_high_watermark", "High watermark, per partition"),
-        &["partition"],
-    )?;
-    let lag = IntGaugeVec::new(
-        Opts::new(
-            "partition_lag_messages",
-            "Messages not yet committed, per partition",
-        ),
-        &["partition"],
-    )?;
-    if let Ok(partitions) = stats.partitions.lock() {
-        for (id, p) in partitions.iter() {
-            let label = id.to_string();
-            if let Some(v) = p.committed_offset {
-                committed.with_label_values(&[&label]).set(v);
+    for family in FAMILIES {
+        let opts = Opts::new(family.name, family.help);
+        let samples = (family.read)(stats);
+        match family.kind {
+            Kind::Counter => {
+                let counters = CounterVec::new(opts, family.labels)?;
+                for (values, value) in &samples {
+                    counters
+                        .get_metric_with_label_values(values)?
+                        .inc_by(*value);
+                }
+                registry.register(Box::new(counters))?;
             }
-            if let Some(v) = p.high_watermark {
-                high.with_label_values(&[&label]).set(v);
-            }
-            if let Some(v) = p.lag {
-                lag.with_label_values(&[&label]).set(v);
+            Kind::Gauge => {
+                let gauges = GaugeVec::new(opts, family.labels)?;
+                for (values, value) in &samples {
+                    gauges.get_metric_with_label_values(values)?.set(*value);
+                }
+                registry.register(Box::new(gauges))?;
             }
         }
     }
-    let paused = IntGauge::new(
-        "consumer_paused",
-        "1 while the consumer holds its partitions paused",
-    )?;
-    paused.set(stats.consumer_paused.load(Ordering::Relaxed) as i64);
-    let database_up = IntGauge::new("database_up", "1 while database writes succeed")?;
-    database_up.set(stats.database_connected.load(Ordering::Relaxed) as i64);
-
-    registry.register(Box::new(depth))?;
-    registry.register(Box::new(capacity))?;
-    registry.register(Box::new(received))?;
-    registry.register(Box::new(handled))?;
-    registry.register(Box::new(records))?;
-    registry.register(Box::new(errors))?;
-    registry.register(Box::new(rate))?;
-    registry.register(Box::new(invalid))?;
-    registry.register(Box::new(rows_written))?;
-    registry.register(Box::new(rows_buffered))?;
-    registry.register(Box::new(dead_lettered))?;
-    registry.register(Box::new(duplicates))?;
-    registry.register(Box::new(flushes))?;
-    registry.register(Box::new(last_flush))?;
-    registry.register(Box::new(committed))?;
-    registry.register(Box::new(high))?;
-    registry.register(Box::new(lag))?;
-    registry.register(Box::new(paused))?;
-    registry.register(Box::new(database_up))?;
-
     let mut buffer = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut buffer)?;
     Ok(buffer)
