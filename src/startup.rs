@@ -9,9 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_web::HttpServer;
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::Consumer;
 
 use crate::actors::batch_writer::{BatchWriter, SetOffsetsRecipient, WriterSettings};
@@ -22,8 +21,9 @@ use crate::config::{Settings, redact_url};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
 use crate::domain::Rules;
+use crate::http::AppState;
 use crate::http::api::ApiState;
-use crate::http::auth::{self, Access};
+use crate::http::auth::Access;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,31 +75,24 @@ impl Application {
             &settings.database_timeouts(),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
-        let api = web::Data::new(ApiState {
+        let api = ApiState {
             pool,
             stats: stats.clone(),
             max_limit: settings.api_max_limit,
             max_range: chrono::Duration::hours(settings.api_max_range_hours as i64),
             max_buckets: settings.api_max_buckets,
-        });
-        let data = web::Data::new(stats.clone());
-        let access = web::Data::new(Access::new(
+        };
+        let access = Access::new(
             settings.http_auth_token.clone(),
             settings.metrics_require_auth,
-        ));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .app_data(api.clone())
-                .app_data(access.clone())
-                .wrap(from_fn(auth::require_token))
-                .configure(crate::http::routes)
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .map_err(|e| StartupError::Runtime(e.to_string()))?
-        .run();
+        );
+        let state = AppState::new(stats.clone(), api, access);
+        let server = HttpServer::new(move || crate::http::app(state.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .map_err(|e| StartupError::Runtime(e.to_string()))?
+            .run();
         log::info!("Application is running on: http://localhost:{port}");
         if settings.http_auth_token.is_none() {
             log::warn!(

@@ -1,29 +1,47 @@
-//! Black-box tests of the HTTP API: every endpoint, every class of bad parameter.
+//! The REST API, every endpoint and every class of bad parameter, served in-process by
+//! [`panopticon::http::app`] over a fresh migrated database seeded with known rows; and
+//! `/status` and `/metrics` of the running binary, fed through the pipeline by a real broker.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
 
+use actix_web::test;
 use common::*;
+use panopticon::db::queries;
+use panopticon::http::api::ApiState;
+use panopticon::http::auth::Access;
+use panopticon::http::{self, AppState};
+use panopticon::stats::Stats;
 use serde_json::Value;
 
-/// A service with the schema migrated and a known set of rows.
+/// The HTTP surface over a database with the schema migrated and a known set of rows.
 struct Seeded {
-    app: TestApp,
+    state: AppState,
     db: TestDatabase,
     /// Start of the seeded minute, ms.
     base: i64,
 }
 
+/// What the handlers get in the service, over the database at `url`, with the default caps
+/// (`API_MAX_LIMIT`, `API_MAX_RANGE_HOURS`, `API_MAX_BUCKETS`) and no token.
+fn state(url: &str) -> AppState {
+    let pool = queries::pool(url, 2, &Default::default()).expect("pool");
+    let api = ApiState {
+        pool,
+        stats: Arc::new(Stats::default()),
+        max_limit: 1000,
+        max_range: chrono::Duration::hours(168),
+        max_buckets: 5000,
+    };
+    AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
+}
+
 /// Rows: pods a-1, a-2 (service alpha, ns one, node n1) and b-1 (service beta, ns two, node
 /// n2), one sample every 10 s for 2 minutes, cpu = 10 × pod number + seconds / 10.
 async fn seeded() -> Seeded {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
     let db = TestDatabase::create().await;
-    let app = TestApp::spawn(service_env(&topic, &unique("group"), &db));
-    app.wait_for_log("database connected", Duration::from_secs(30))
-        .expect("migrated");
+    panopticon::db::migrate(&db.url).await.expect("migrated");
     let base = (now_ms() / 600_000 - 1) * 600_000;
     let client = db.client().await;
     for (pod, service, namespace, node, n) in [
@@ -44,21 +62,27 @@ async fn seeded() -> Seeded {
                 .unwrap();
         }
     }
-    Seeded { app, db, base }
+    Seeded {
+        state: state(&db.url),
+        db,
+        base,
+    }
 }
 
-async fn get(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = reqwest::get(app.url(path)).await.expect(path);
+/// `GET path`: the status and the JSON body (null where it is not JSON).
+async fn get(state: &AppState, path: &str) -> (u16, Value) {
+    let app = test::init_service(http::app(state.clone())).await;
+    let response = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
     let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
+    let body = test::read_body(response).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn metrics_pages_through_every_row_newest_first() {
     let s = seeded().await;
     let range = format!("from={}&to={}", s.base, s.base + 3_600_000);
-    let (status, body) = get(&s.app, &format!("/api/v1/metrics?pod=a-1&{range}")).await;
+    let (status, body) = get(&s.state, &format!("/api/v1/metrics?pod=a-1&{range}")).await;
     assert_eq!(status, 200, "{body}");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 12);
@@ -76,7 +100,7 @@ async fn metrics_pages_through_every_row_newest_first() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let (status, page) = get(&s.app, &path).await;
+        let (status, page) = get(&s.state, &path).await;
         assert_eq!(status, 200, "{page}");
         for row in page["data"].as_array().unwrap() {
             seen.push(format!("{}/{}", row["pod_name"], row["time"]));
@@ -96,7 +120,7 @@ async fn metrics_pages_through_every_row_newest_first() {
         .unwrap()
         .to_rfc3339();
     let (status, body) = get(
-        &s.app,
+        &s.state,
         &format!(
             "/api/v1/metrics?service=beta&from={}",
             rfc.replace('+', "%2B")
@@ -111,26 +135,26 @@ async fn metrics_pages_through_every_row_newest_first() {
     );
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn latest_gives_one_row_per_pod() {
     let s = seeded().await;
-    let (status, body) = get(&s.app, "/api/v1/metrics/latest").await;
+    let (status, body) = get(&s.state, "/api/v1/metrics/latest").await;
     assert_eq!(status, 200, "{body}");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 3);
     let a1 = data.iter().find(|r| r["pod_name"] == "a-1").unwrap();
     assert_eq!(a1["cpu"], 21.0);
-    let (_, body) = get(&s.app, "/api/v1/metrics/latest?namespace=two").await;
+    let (_, body) = get(&s.state, "/api/v1/metrics/latest?namespace=two").await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     assert_eq!(body["data"][0]["node_name"], "n2");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn series_buckets_and_aggregates() {
     let s = seeded().await;
     let range = format!("from={}&to={}", s.base, s.base + 120_000);
     let (status, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=1m&agg=avg&group_by=pod&{range}"),
     )
     .await;
@@ -144,7 +168,7 @@ async fn series_buckets_and_aggregates() {
     assert_eq!(points[1]["cpu"], 18.5, "avg of 16..21");
 
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=max&group_by=service&{range}"),
     )
     .await;
@@ -159,7 +183,7 @@ async fn series_buckets_and_aggregates() {
     assert_eq!(alpha["points"][0]["memory"], 200.0);
 
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=p95&group_by=node&node=n2&{range}"),
     )
     .await;
@@ -168,14 +192,14 @@ async fn series_buckets_and_aggregates() {
     let p95 = n2["points"][0]["cpu"].as_f64().unwrap();
     assert!((p95 - 40.45).abs() < 1e-9, "p95 of 30..41 is {p95}");
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=min&group_by=namespace&{range}"),
     )
     .await;
     assert_eq!(body["series"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn distinct_values_with_first_last_and_count() {
     let s = seeded().await;
     for (path, names) in [
@@ -184,7 +208,7 @@ async fn distinct_values_with_first_last_and_count() {
         ("/api/v1/namespaces", vec!["one", "two"]),
         ("/api/v1/nodes", vec!["n1", "n2"]),
     ] {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 200, "{path}: {body}");
         let got: Vec<&str> = body["data"]
             .as_array()
@@ -194,17 +218,17 @@ async fn distinct_values_with_first_last_and_count() {
             .collect();
         assert_eq!(got, names, "{path}");
     }
-    let (_, body) = get(&s.app, "/api/v1/services").await;
+    let (_, body) = get(&s.state, "/api/v1/services").await;
     assert_eq!(body["data"][0]["samples"], 24);
     let first =
         chrono::DateTime::parse_from_rfc3339(body["data"][0]["first_seen"].as_str().unwrap())
             .unwrap();
     assert_eq!(first.timestamp_millis(), s.base);
-    let (_, body) = get(&s.app, "/api/v1/pods?service=beta").await;
+    let (_, body) = get(&s.state, "/api/v1/pods?service=beta").await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn every_bad_parameter_is_a_400_naming_the_field() {
     let s = seeded().await;
     let cases = [
@@ -235,7 +259,7 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
         ("/api/v1/nodes?limit=-5", "limit"),
     ];
     for (path, field) in cases {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["field"], field, "{path}: {body}");
         assert!(
@@ -249,7 +273,7 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
         "/api/v1/metrics/latest?namespace=x%27%3B%20DROP%20TABLE%20system_metrics%3B%20--",
         "/api/v1/metrics/series?pod=%27%29%20OR%20true%20--",
     ] {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert!(
             body["data"]
@@ -267,10 +291,11 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
     assert_eq!(s.db.count("SELECT count(*) FROM system_metrics").await, 36);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn openapi_documents_every_endpoint() {
-    let s = seeded().await;
-    let (status, doc) = get(&s.app, "/api/v1/openapi.json").await;
+    // The document is static: no database is ever asked.
+    let state = state("postgres://postgres@127.0.0.1:1/unreachable");
+    let (status, doc) = get(&state, "/api/v1/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     for path in [
