@@ -150,6 +150,30 @@ async fn latest_gives_one_row_per_pod() {
 }
 
 #[actix_web::test]
+async fn latest_honours_every_filter() {
+    let s = seeded().await;
+    for (query, pods) in [
+        ("pod=a-2", vec!["a-2"]),
+        ("service=alpha", vec!["a-1", "a-2"]),
+        ("namespace=two", vec!["b-1"]),
+        ("node=n1", vec!["a-1", "a-2"]),
+        ("service=alpha&pod=b-1", vec![]),
+    ] {
+        let (status, body) = get(&s.state, &format!("/api/v1/metrics/latest?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let got: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["pod_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, pods, "{query}");
+    }
+    let (_, body) = get(&s.state, "/api/v1/metrics/latest?pod=a-2").await;
+    assert_eq!(body["data"][0]["cpu"], 31.0, "the newest sample of a-2");
+}
+
+#[actix_web::test]
 async fn series_buckets_and_aggregates() {
     let s = seeded().await;
     let range = format!("from={}&to={}", s.base, s.base + 120_000);

@@ -334,7 +334,7 @@ pub async fn latest(
     query: web::Query<MetricsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let filters = state.filters((&q.service, &q.namespace, &None, &q.node), &q.from, &q.to)?;
+    let filters = state.filters((&q.service, &q.namespace, &q.pod, &q.node), &q.from, &q.to)?;
     let limit = state.limit(&q.limit, state.max_limit)?;
     let rows = queries::latest_per_pod(&state.pool, &filters, limit).await?;
     Ok(HttpResponse::Ok().json(MetricsList { data: rows }))
