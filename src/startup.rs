@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -18,6 +17,7 @@ use crate::actors::kafka_consumer::{self, KafkaConsumer, MetricsConsumer, Stop};
 use crate::actors::validator::Validator;
 use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
+use crate::db::queries::{self, SharedStorage};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
 use crate::domain::Rules;
@@ -45,6 +45,8 @@ pub struct Application {
     server: Server,
     settings: Settings,
     stats: Arc<Stats>,
+    /// What the REST API plans its queries by, set once the database is connected.
+    api_storage: SharedStorage,
 }
 
 impl Application {
@@ -75,9 +77,10 @@ impl Application {
             &settings.database_timeouts(),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
+        let api_storage = SharedStorage::default();
         let api = ApiState {
             pool,
-            stats: stats.clone(),
+            storage: api_storage.clone(),
             max_limit: settings.api_max_limit,
             max_range: chrono::Duration::hours(settings.api_max_range_hours as i64),
             max_buckets: settings.api_max_buckets,
@@ -104,6 +107,7 @@ impl Application {
             server,
             settings,
             stats,
+            api_storage,
         })
     }
 
@@ -124,6 +128,7 @@ impl Application {
             server,
             settings,
             stats,
+            api_storage,
             ..
         } = self;
         let handle = server.handle();
@@ -139,7 +144,7 @@ impl Application {
         tokio::pin!(shutdown);
 
         let pipeline = tokio::select! {
-            pipeline = start_pipeline(&settings, stats.clone()) => Some(pipeline?),
+            pipeline = start_pipeline(&settings, stats.clone(), &api_storage) => Some(pipeline?),
             () = &mut shutdown => None,
         };
         if let Some(consumer) = pipeline {
@@ -169,8 +174,9 @@ impl Application {
 async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
+    api_storage: &SharedStorage,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
-    let storage = connect_database(settings, &stats).await;
+    let storage = connect_database(settings, &stats, api_storage).await;
     // Where a retention job drops old chunks, a metric older than its window would be stored,
     // acknowledged, then deleted: the validator rejects it instead.
     let max_age_ms = match settings.timescale_retention.0 {
@@ -234,8 +240,13 @@ async fn start_pipeline(
 }
 
 /// Connects, migrates and prepares the storage, retrying with backoff; logs the failure once,
-/// then again only when it changes or a minute has passed. Answers with the storage found.
-async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
+/// then again only when it changes or a minute has passed. Answers with the storage found, and
+/// tells the REST API what it may query.
+async fn connect_database(
+    settings: &Settings,
+    stats: &Stats,
+    api_storage: &SharedStorage,
+) -> db::Storage {
     let url = &settings.database_url;
     let timeouts = settings.database_timeouts();
     let mut retry = Retry::new("database");
@@ -259,18 +270,19 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
                     redact_url(url),
                     storage.description
                 );
-                stats.timescale.store(storage.hypertable, Ordering::Relaxed);
-                if storage.hypertable {
+                api_storage.set(if storage.hypertable {
                     let lifecycle = db::timescale::apply(
                         &client,
                         settings.timescale_compress_after,
                         settings.timescale_retention,
                     )
                     .await;
-                    stats
-                        .continuous_aggregate
-                        .store(lifecycle.continuous_aggregate, Ordering::Relaxed);
-                }
+                    queries::Storage::Hypertable {
+                        minute_aggregate: lifecycle.continuous_aggregate,
+                    }
+                } else {
+                    queries::Storage::Table
+                });
                 if let Ok(mut slot) = stats.storage.lock() {
                     *slot = Some(storage.description.clone());
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix_web::test;
 use common::*;
-use panopticon::db::queries;
+use panopticon::db::queries::{self, SharedStorage, Storage};
 use panopticon::http::api::ApiState;
 use panopticon::http::auth::Access;
 use panopticon::http::{self, AppState};
@@ -18,6 +18,8 @@ use serde_json::Value;
 /// The HTTP surface over a database with the schema migrated and a known set of rows.
 struct Seeded {
     state: AppState,
+    /// What the API plans its queries by: a plain table, as the test server has.
+    storage: SharedStorage,
     db: TestDatabase,
     /// Start of the seeded minute, ms.
     base: i64,
@@ -25,11 +27,11 @@ struct Seeded {
 
 /// What the handlers get in the service, over the database at `url`, with the default caps
 /// (`API_MAX_LIMIT`, `API_MAX_RANGE_HOURS`, `API_MAX_BUCKETS`) and no token.
-fn state(url: &str) -> AppState {
+fn state(url: &str, storage: &SharedStorage) -> AppState {
     let pool = queries::pool(url, 2, &Default::default()).expect("pool");
     let api = ApiState {
         pool,
-        stats: Arc::new(Stats::default()),
+        storage: storage.clone(),
         max_limit: 1000,
         max_range: chrono::Duration::hours(168),
         max_buckets: 5000,
@@ -62,8 +64,10 @@ async fn seeded() -> Seeded {
                 .unwrap();
         }
     }
+    let storage = SharedStorage::default();
     Seeded {
-        state: state(&db.url),
+        state: state(&db.url, &storage),
+        storage,
         db,
         base,
     }
@@ -223,6 +227,38 @@ async fn series_buckets_and_aggregates() {
     assert_eq!(body["series"].as_array().unwrap().len(), 2);
 }
 
+/// The server is up before the database is reached: what the series are computed from is
+/// read from the shared storage at each request, as start-up sets it once connected.
+#[actix_web::test]
+async fn series_follow_the_storage_set_after_the_server_is_built() {
+    let s = seeded().await;
+    let path = format!(
+        "/api/v1/metrics/series?bucket=1m&from={}&to={}",
+        s.base,
+        s.base + 120_000
+    );
+    let (status, body) = get(&s.state, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["series"].as_array().unwrap().len(), 3);
+
+    // A plain PostgreSQL server has neither the aggregate nor `time_bucket`: told it has
+    // both, the API tries the aggregate, falls back to the hypertable's rows, and reports
+    // the failure of that.
+    s.storage.set(Storage::Hypertable {
+        minute_aggregate: true,
+    });
+    let (status, body) = get(&s.state, &path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("time_bucket"),
+        "{body}"
+    );
+
+    s.storage.set(Storage::Table);
+    let (status, _) = get(&s.state, &path).await;
+    assert_eq!(status, 200);
+}
+
 #[actix_web::test]
 async fn distinct_values_with_first_last_and_count() {
     let s = seeded().await;
@@ -318,7 +354,10 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
 #[actix_web::test]
 async fn openapi_documents_every_endpoint() {
     // The document is static: no database is ever asked.
-    let state = state("postgres://postgres@127.0.0.1:1/unreachable");
+    let state = state(
+        "postgres://postgres@127.0.0.1:1/unreachable",
+        &SharedStorage::default(),
+    );
     let (status, doc) = get(&state, "/api/v1/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");

@@ -2,9 +2,6 @@
 //! values, and anything unparsable, out of order or beyond the configured caps is answered
 //! with 400 `{"error": …, "field": …}` before the database is asked anything.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
 use actix_web::{HttpResponse, ResponseError, web};
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -12,14 +9,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::db::queries::{
-    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow, SeriesSource,
+    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow, SharedStorage,
 };
-use crate::stats::Stats;
 
-/// What the API needs: the pool, the pipeline's counters, and the caps.
+/// What the API needs: the pool, the storage its queries are planned by, and the caps.
 pub struct ApiState {
     pub pool: DbPool,
-    pub stats: Arc<Stats>,
+    pub storage: SharedStorage,
     pub max_limit: u32,
     pub max_range: Duration,
     pub max_buckets: u32,
@@ -378,16 +374,8 @@ pub async fn series(
             ),
         ));
     }
-    let source = series_source(&state.stats, &filters, bucket, aggregate);
-    let rows =
-        match queries::series(&state.pool, &filters, bucket, aggregate, group_by, source).await {
-            Err(e) if source == SeriesSource::MinuteAggregate => {
-                log::warn!("continuous aggregate query failed, using the raw rows: {e}");
-                let raw = SeriesSource::Hypertable;
-                queries::series(&state.pool, &filters, bucket, aggregate, group_by, raw).await?
-            }
-            result => result?,
-        };
+    let storage = state.storage.get();
+    let rows = queries::series(&state.pool, storage, &filters, bucket, aggregate, group_by).await?;
     let mut series: Vec<Series> = Vec::new();
     for row in rows {
         let point = SeriesPoint {
@@ -409,30 +397,6 @@ pub async fn series(
         group_by: group_text,
         series,
     }))
-}
-
-/// The 1-minute aggregate covers a request whose buckets and bounds are whole minutes and
-/// whose aggregate can be computed from per-minute sums, minima and maxima.
-fn series_source(
-    stats: &Stats,
-    filters: &Filters,
-    bucket: i64,
-    aggregate: Aggregate,
-) -> SeriesSource {
-    if !stats.timescale.load(Ordering::Relaxed) {
-        return SeriesSource::Rows;
-    }
-    let whole_minutes = bucket % 60 == 0
-        && filters.from.timestamp_millis() % 60_000 == 0
-        && filters.to.timestamp_millis() % 60_000 == 0;
-    if stats.continuous_aggregate.load(Ordering::Relaxed)
-        && whole_minutes
-        && aggregate != Aggregate::P95
-    {
-        SeriesSource::MinuteAggregate
-    } else {
-        SeriesSource::Hypertable
-    }
 }
 
 fn dimension(name: &str) -> Option<Dimension> {
