@@ -381,6 +381,29 @@ async fn openapi_documents_every_endpoint() {
     for name in ["bucket", "agg", "group_by", "from", "to"] {
         assert!(params.contains(&name), "{name} in {params:?}");
     }
+    let params = |path: &str| -> Vec<String> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(params("/api/v1/metrics").contains(&"cursor".to_owned()));
+    for path in ["/api/v1/metrics/latest", "/api/v1/pods", "/api/v1/nodes"] {
+        let names = params(path);
+        for name in ["service", "namespace", "pod", "node", "from", "to", "limit"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{path}: {name} in {names:?}"
+            );
+        }
+        assert!(!names.iter().any(|n| n == "cursor"), "{path} pages nothing");
+        assert!(
+            doc["paths"][path]["get"]["responses"]["503"].is_object(),
+            "{path}: 503 when the database is unavailable"
+        );
+    }
 }
 
 #[tokio::test]

@@ -120,6 +120,27 @@ pub struct MetricsQuery {
     cursor: Option<String>,
 }
 
+/// Filters and size of `GET /api/v1/metrics/latest` and of the lists of pods, services,
+/// namespaces and nodes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// Only this namespace.
+    namespace: Option<String>,
+    /// Only this pod.
+    pod: Option<String>,
+    /// Only this node.
+    node: Option<String>,
+    /// Start of the range, inclusive: RFC 3339 or Unix milliseconds (default: `to` − 1 h).
+    from: Option<String>,
+    /// End of the range, exclusive: RFC 3339 or Unix milliseconds (default: now).
+    to: Option<String>,
+    /// Most rows (default and at most `API_MAX_LIMIT`).
+    limit: Option<String>,
+}
+
 /// One page of rows, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MetricsPage {
@@ -321,13 +342,13 @@ pub async fn list_metrics(
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/metrics/latest", params(MetricsQuery),
+    get, path = "/api/v1/metrics/latest", params(ListQuery),
     responses((status = 200, body = MetricsList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "The newest row of each pod within the range (default: the last hour)."
 )]
 pub async fn latest(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let filters = state.filters((&q.service, &q.namespace, &q.pod, &q.node), &q.from, &q.to)?;
@@ -411,7 +432,7 @@ fn dimension(name: &str) -> Option<Dimension> {
 
 async fn distinct(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
     dimension: Dimension,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -421,42 +442,42 @@ async fn distinct(
     Ok(HttpResponse::Ok().json(DistinctList { data }))
 }
 
-#[utoipa::path(get, path = "/api/v1/pods", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/pods", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Pods seen in the range, with first and last sample and sample count.")]
 pub async fn pods(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Pod).await
 }
 
-#[utoipa::path(get, path = "/api/v1/services", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/services", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Services seen in the range.")]
 pub async fn services(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Service).await
 }
 
-#[utoipa::path(get, path = "/api/v1/namespaces", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/namespaces", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Namespaces seen in the range.")]
 pub async fn namespaces(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Namespace).await
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/nodes", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Nodes seen in the range.")]
 pub async fn nodes(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Node).await
 }
