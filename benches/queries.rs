@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::SinkExt;
-use panopticon::db::queries::{self, Aggregate, Dimension, Filters, SeriesSource};
+use panopticon::db::queries::{self, Aggregate, Dimension, Filters, Storage};
 
 mod support;
 use support::{FreshDatabase, env_usize};
@@ -110,11 +110,11 @@ async fn main() -> anyhow::Result<()> {
     let series = time_it(10, || async {
         Ok(queries::series(
             &pool,
+            Storage::Table,
             &all_pods,
             60,
             Aggregate::Avg,
             Dimension::Pod,
-            SeriesSource::Rows,
         )
         .await?
         .len())
@@ -123,11 +123,11 @@ async fn main() -> anyhow::Result<()> {
     let one_pod_series = time_it(100, || async {
         Ok(queries::series(
             &pool,
+            Storage::Table,
             &one_pod,
             60,
             Aggregate::P95,
             Dimension::Pod,
-            SeriesSource::Rows,
         )
         .await?
         .len())

@@ -5,14 +5,12 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::dev::channel::{self, AddressReceiver};
 use actix::prelude::*;
+use actix_web::HttpServer;
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::Consumer;
 
 use crate::actors::batch_writer::{self, BatchWriter};
@@ -23,10 +21,12 @@ use crate::actors::messages::Stop;
 use crate::actors::validator::{Validator, ValidatorOutput};
 use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
+use crate::db::queries::{self, SharedStorage};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
+use crate::http::AppState;
 use crate::http::api::ApiState;
-use crate::http::auth::{self, Access};
+use crate::http::auth::Access;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct Application {
     server: Server,
     settings: Settings,
     stats: Arc<Stats>,
+    /// What the REST API plans its queries by, set once the database is connected.
+    api_storage: SharedStorage,
 }
 
 impl Application {
@@ -78,31 +80,25 @@ impl Application {
             &settings.database.timeouts(),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
-        let api = web::Data::new(ApiState {
+        let api_storage = SharedStorage::default();
+        let api = ApiState {
             pool,
-            stats: stats.clone(),
+            storage: api_storage.clone(),
             max_limit: api_settings.max_limit,
             max_range: chrono::Duration::hours(api_settings.max_range_hours as i64),
             max_buckets: api_settings.max_buckets,
-        });
-        let data = web::Data::new(stats.clone());
-        let access = web::Data::new(Access::new(
+        };
+        let access = Access::new(
             api_settings.auth_token.clone(),
             api_settings.metrics_require_auth,
-        ));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .app_data(api.clone())
-                .app_data(access.clone())
-                .wrap(from_fn(auth::require_token))
-                .configure(crate::http::routes)
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .map_err(|e| StartupError::Runtime(e.to_string()))?
-        .run();
+        );
+        let state = AppState::new(stats.clone(), api, access);
+        let server = HttpServer::new(move || crate::http::app(state.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .map_err(|e| StartupError::Runtime(e.to_string()))?
+            .run();
         log::info!("Application is running on: http://localhost:{port}");
         if api_settings.auth_token.is_none() {
             log::warn!(
@@ -113,6 +109,7 @@ impl Application {
             server,
             settings,
             stats,
+            api_storage,
         })
     }
 
@@ -125,6 +122,7 @@ impl Application {
             server,
             settings,
             stats,
+            api_storage,
             ..
         } = self;
         let handle = server.handle();
@@ -140,7 +138,7 @@ impl Application {
         tokio::pin!(shutdown);
 
         let pipeline = tokio::select! {
-            pipeline = start_pipeline(&settings, stats.clone()) => Some(pipeline?),
+            pipeline = start_pipeline(&settings, stats.clone(), &api_storage) => Some(pipeline?),
             () = &mut shutdown => None,
         };
         if let Some(consumer) = pipeline {
@@ -175,8 +173,9 @@ impl Application {
 async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
+    api_storage: &SharedStorage,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
-    let storage = connect_database(settings, &stats).await;
+    let storage = connect_database(settings, &stats, api_storage).await;
     // Where a retention job drops old chunks, a metric older than its window would be stored,
     // acknowledged, then deleted: the validator rejects it instead.
     let max_age_ms = match settings.timescale.retention.0 {
@@ -278,8 +277,13 @@ impl<A: Actor<Context = Context<A>> + Send> Unstarted<A> {
 }
 
 /// Connects, migrates and prepares the storage, retrying with backoff; logs the failure once,
-/// then again only when it changes or a minute has passed. Answers with the storage found.
-async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
+/// then again only when it changes or a minute has passed. Answers with the storage found, and
+/// tells the REST API what it may query.
+async fn connect_database(
+    settings: &Settings,
+    stats: &Stats,
+    api_storage: &SharedStorage,
+) -> db::Storage {
     let url = &settings.database.url;
     let timeouts = settings.database.timeouts();
     let mut retry = Retry::new("database");
@@ -303,18 +307,19 @@ async fn connect_database(settings: &Settings, stats: &Stats) -> db::Storage {
                     redact_url(url),
                     storage.description
                 );
-                stats.timescale.store(storage.hypertable, Ordering::Relaxed);
-                if storage.hypertable {
+                api_storage.set(if storage.hypertable {
                     let lifecycle = db::timescale::apply(
                         &client,
                         settings.timescale.compress_after,
                         settings.timescale.retention,
                     )
                     .await;
-                    stats
-                        .continuous_aggregate
-                        .store(lifecycle.continuous_aggregate, Ordering::Relaxed);
-                }
+                    queries::Storage::Hypertable {
+                        minute_aggregate: lifecycle.continuous_aggregate,
+                    }
+                } else {
+                    queries::Storage::Table
+                });
                 if let Ok(mut slot) = stats.storage.lock() {
                     *slot = Some(storage.description.clone());
                 }

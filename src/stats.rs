@@ -174,13 +174,9 @@ pub struct Stats {
     /// reported it; cleared once a broker answers.
     pub kafka_error: Mutex<Option<String>>,
     pub storage: Mutex<Option<String>>,
-    /// True when `system_metrics` is a TimescaleDB hypertable (the API uses `time_bucket`).
-    pub timescale: AtomicBool,
     /// The oldest a metric may be, in milliseconds before now, where a retention job would
     /// delete anything older (TimescaleDB only); `None`: any past is accepted.
     pub max_age_ms: Mutex<Option<i64>>,
-    /// True when the 1-minute continuous aggregate exists (TimescaleDB only).
-    pub continuous_aggregate: AtomicBool,
     /// Per-second samples of the actors' record counters, for rates.
     rates: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }

@@ -1,29 +1,49 @@
-//! Black-box tests of the HTTP API: every endpoint, every class of bad parameter.
+//! The REST API, every endpoint and every class of bad parameter, served in-process by
+//! [`panopticon::http::app`] over a fresh migrated database seeded with known rows; and
+//! `/status` and `/metrics` of the running binary, fed through the pipeline by a real broker.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
 
+use actix_web::test;
 use common::*;
+use panopticon::db::queries::{self, SharedStorage, Storage};
+use panopticon::http::api::ApiState;
+use panopticon::http::auth::Access;
+use panopticon::http::{self, AppState};
+use panopticon::stats::Stats;
 use serde_json::Value;
 
-/// A service with the schema migrated and a known set of rows.
+/// The HTTP surface over a database with the schema migrated and a known set of rows.
 struct Seeded {
-    app: TestApp,
+    state: AppState,
+    /// What the API plans its queries by: a plain table, as the test server has.
+    storage: SharedStorage,
     db: TestDatabase,
     /// Start of the seeded minute, ms.
     base: i64,
 }
 
+/// What the handlers get in the service, over the database at `url`, with the default caps
+/// (`API_MAX_LIMIT`, `API_MAX_RANGE_HOURS`, `API_MAX_BUCKETS`) and no token.
+fn state(url: &str, storage: &SharedStorage) -> AppState {
+    let pool = queries::pool(url, 2, &Default::default()).expect("pool");
+    let api = ApiState {
+        pool,
+        storage: storage.clone(),
+        max_limit: 1000,
+        max_range: chrono::Duration::hours(168),
+        max_buckets: 5000,
+    };
+    AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
+}
+
 /// Rows: pods a-1, a-2 (service alpha, ns one, node n1) and b-1 (service beta, ns two, node
 /// n2), one sample every 10 s for 2 minutes, cpu = 10 × pod number + seconds / 10.
 async fn seeded() -> Seeded {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
     let db = TestDatabase::create().await;
-    let app = TestApp::spawn(service_env(&topic, &unique("group"), &db));
-    app.wait_for_log("database connected", Duration::from_secs(30))
-        .expect("migrated");
+    panopticon::db::migrate(&db.url).await.expect("migrated");
     let base = (now_ms() / 600_000 - 1) * 600_000;
     let client = db.client().await;
     for (pod, service, namespace, node, n) in [
@@ -44,21 +64,29 @@ async fn seeded() -> Seeded {
                 .unwrap();
         }
     }
-    Seeded { app, db, base }
+    let storage = SharedStorage::default();
+    Seeded {
+        state: state(&db.url, &storage),
+        storage,
+        db,
+        base,
+    }
 }
 
-async fn get(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = reqwest::get(app.url(path)).await.expect(path);
+/// `GET path`: the status and the JSON body (null where it is not JSON).
+async fn get(state: &AppState, path: &str) -> (u16, Value) {
+    let app = test::init_service(http::app(state.clone())).await;
+    let response = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
     let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
+    let body = test::read_body(response).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn metrics_pages_through_every_row_newest_first() {
     let s = seeded().await;
     let range = format!("from={}&to={}", s.base, s.base + 3_600_000);
-    let (status, body) = get(&s.app, &format!("/api/v1/metrics?pod=a-1&{range}")).await;
+    let (status, body) = get(&s.state, &format!("/api/v1/metrics?pod=a-1&{range}")).await;
     assert_eq!(status, 200, "{body}");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 12);
@@ -76,7 +104,7 @@ async fn metrics_pages_through_every_row_newest_first() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let (status, page) = get(&s.app, &path).await;
+        let (status, page) = get(&s.state, &path).await;
         assert_eq!(status, 200, "{page}");
         for row in page["data"].as_array().unwrap() {
             seen.push(format!("{}/{}", row["pod_name"], row["time"]));
@@ -96,7 +124,7 @@ async fn metrics_pages_through_every_row_newest_first() {
         .unwrap()
         .to_rfc3339();
     let (status, body) = get(
-        &s.app,
+        &s.state,
         &format!(
             "/api/v1/metrics?service=beta&from={}",
             rfc.replace('+', "%2B")
@@ -111,26 +139,50 @@ async fn metrics_pages_through_every_row_newest_first() {
     );
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn latest_gives_one_row_per_pod() {
     let s = seeded().await;
-    let (status, body) = get(&s.app, "/api/v1/metrics/latest").await;
+    let (status, body) = get(&s.state, "/api/v1/metrics/latest").await;
     assert_eq!(status, 200, "{body}");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 3);
     let a1 = data.iter().find(|r| r["pod_name"] == "a-1").unwrap();
     assert_eq!(a1["cpu"], 21.0);
-    let (_, body) = get(&s.app, "/api/v1/metrics/latest?namespace=two").await;
+    let (_, body) = get(&s.state, "/api/v1/metrics/latest?namespace=two").await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     assert_eq!(body["data"][0]["node_name"], "n2");
 }
 
-#[tokio::test]
+#[actix_web::test]
+async fn latest_honours_every_filter() {
+    let s = seeded().await;
+    for (query, pods) in [
+        ("pod=a-2", vec!["a-2"]),
+        ("service=alpha", vec!["a-1", "a-2"]),
+        ("namespace=two", vec!["b-1"]),
+        ("node=n1", vec!["a-1", "a-2"]),
+        ("service=alpha&pod=b-1", vec![]),
+    ] {
+        let (status, body) = get(&s.state, &format!("/api/v1/metrics/latest?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let got: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["pod_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, pods, "{query}");
+    }
+    let (_, body) = get(&s.state, "/api/v1/metrics/latest?pod=a-2").await;
+    assert_eq!(body["data"][0]["cpu"], 31.0, "the newest sample of a-2");
+}
+
+#[actix_web::test]
 async fn series_buckets_and_aggregates() {
     let s = seeded().await;
     let range = format!("from={}&to={}", s.base, s.base + 120_000);
     let (status, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=1m&agg=avg&group_by=pod&{range}"),
     )
     .await;
@@ -144,7 +196,7 @@ async fn series_buckets_and_aggregates() {
     assert_eq!(points[1]["cpu"], 18.5, "avg of 16..21");
 
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=max&group_by=service&{range}"),
     )
     .await;
@@ -159,7 +211,7 @@ async fn series_buckets_and_aggregates() {
     assert_eq!(alpha["points"][0]["memory"], 200.0);
 
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=p95&group_by=node&node=n2&{range}"),
     )
     .await;
@@ -168,14 +220,46 @@ async fn series_buckets_and_aggregates() {
     let p95 = n2["points"][0]["cpu"].as_f64().unwrap();
     assert!((p95 - 40.45).abs() < 1e-9, "p95 of 30..41 is {p95}");
     let (_, body) = get(
-        &s.app,
+        &s.state,
         &format!("/api/v1/metrics/series?bucket=2m&agg=min&group_by=namespace&{range}"),
     )
     .await;
     assert_eq!(body["series"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
+/// The server is up before the database is reached: what the series are computed from is
+/// read from the shared storage at each request, as start-up sets it once connected.
+#[actix_web::test]
+async fn series_follow_the_storage_set_after_the_server_is_built() {
+    let s = seeded().await;
+    let path = format!(
+        "/api/v1/metrics/series?bucket=1m&from={}&to={}",
+        s.base,
+        s.base + 120_000
+    );
+    let (status, body) = get(&s.state, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["series"].as_array().unwrap().len(), 3);
+
+    // A plain PostgreSQL server has neither the aggregate nor `time_bucket`: told it has
+    // both, the API tries the aggregate, falls back to the hypertable's rows, and reports
+    // the failure of that.
+    s.storage.set(Storage::Hypertable {
+        minute_aggregate: true,
+    });
+    let (status, body) = get(&s.state, &path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("time_bucket"),
+        "{body}"
+    );
+
+    s.storage.set(Storage::Table);
+    let (status, _) = get(&s.state, &path).await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
 async fn distinct_values_with_first_last_and_count() {
     let s = seeded().await;
     for (path, names) in [
@@ -184,7 +268,7 @@ async fn distinct_values_with_first_last_and_count() {
         ("/api/v1/namespaces", vec!["one", "two"]),
         ("/api/v1/nodes", vec!["n1", "n2"]),
     ] {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 200, "{path}: {body}");
         let got: Vec<&str> = body["data"]
             .as_array()
@@ -194,17 +278,17 @@ async fn distinct_values_with_first_last_and_count() {
             .collect();
         assert_eq!(got, names, "{path}");
     }
-    let (_, body) = get(&s.app, "/api/v1/services").await;
+    let (_, body) = get(&s.state, "/api/v1/services").await;
     assert_eq!(body["data"][0]["samples"], 24);
     let first =
         chrono::DateTime::parse_from_rfc3339(body["data"][0]["first_seen"].as_str().unwrap())
             .unwrap();
     assert_eq!(first.timestamp_millis(), s.base);
-    let (_, body) = get(&s.app, "/api/v1/pods?service=beta").await;
+    let (_, body) = get(&s.state, "/api/v1/pods?service=beta").await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn every_bad_parameter_is_a_400_naming_the_field() {
     let s = seeded().await;
     let cases = [
@@ -235,7 +319,7 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
         ("/api/v1/nodes?limit=-5", "limit"),
     ];
     for (path, field) in cases {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["field"], field, "{path}: {body}");
         assert!(
@@ -249,7 +333,7 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
         "/api/v1/metrics/latest?namespace=x%27%3B%20DROP%20TABLE%20system_metrics%3B%20--",
         "/api/v1/metrics/series?pod=%27%29%20OR%20true%20--",
     ] {
-        let (status, body) = get(&s.app, path).await;
+        let (status, body) = get(&s.state, path).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert!(
             body["data"]
@@ -267,10 +351,14 @@ async fn every_bad_parameter_is_a_400_naming_the_field() {
     assert_eq!(s.db.count("SELECT count(*) FROM system_metrics").await, 36);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn openapi_documents_every_endpoint() {
-    let s = seeded().await;
-    let (status, doc) = get(&s.app, "/api/v1/openapi.json").await;
+    // The document is static: no database is ever asked.
+    let state = state(
+        "postgres://postgres@127.0.0.1:1/unreachable",
+        &SharedStorage::default(),
+    );
+    let (status, doc) = get(&state, "/api/v1/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     for path in [
@@ -292,6 +380,29 @@ async fn openapi_documents_every_endpoint() {
         .collect();
     for name in ["bucket", "agg", "group_by", "from", "to"] {
         assert!(params.contains(&name), "{name} in {params:?}");
+    }
+    let params = |path: &str| -> Vec<String> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(params("/api/v1/metrics").contains(&"cursor".to_owned()));
+    for path in ["/api/v1/metrics/latest", "/api/v1/pods", "/api/v1/nodes"] {
+        let names = params(path);
+        for name in ["service", "namespace", "pod", "node", "from", "to", "limit"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{path}: {name} in {names:?}"
+            );
+        }
+        assert!(!names.iter().any(|n| n == "cursor"), "{path} pages nothing");
+        assert!(
+            doc["paths"][path]["get"]["responses"]["503"].is_object(),
+            "{path}: 503 when the database is unavailable"
+        );
     }
 }
 

@@ -1,12 +1,17 @@
-//! Read queries of the REST API, over the connection pool. Filter values are always bound
-//! parameters; only column names and aggregate functions chosen from closed enums are ever
-//! written into SQL text.
+//! Read queries of the REST API, over the connection pool: SQL text whose filters are all
+//! written, and their values bound, by one builder. Filter values are always bound parameters;
+//! only column names and aggregate functions chosen from closed enums are ever written into
+//! SQL text. Series are planned here too: the [`Storage`] the database offers decides where
+//! they are computed from, and what answers when that fails.
+
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Double, Text, Timestamptz};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -87,7 +92,7 @@ async fn bounded<T>(
 }
 
 /// One stored metric.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, ToSchema)]
+#[derive(Debug, Clone, QueryableByName, Serialize, ToSchema)]
 #[diesel(table_name = system_metrics, check_for_backend(diesel::pg::Pg))]
 pub struct MetricRow {
     pub time: DateTime<Utc>,
@@ -110,41 +115,57 @@ pub struct Filters {
     pub to: DateTime<Utc>,
 }
 
-/// The name filters as SQL conditions, in the order [`Filters::bind_names`] binds them, their
-/// parameters numbered from `first`; each matches everything when not given.
-fn name_conditions(first: usize) -> String {
-    ["service", "namespace", "pod_name", "node_name"]
-        .iter()
-        .enumerate()
-        .map(|(i, column)| {
-            let n = first + i;
-            format!("AND (${n}::text IS NULL OR {column} = ${n})")
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A value bound to a placeholder of a statement.
+#[derive(Debug, Clone, PartialEq)]
+enum Bind {
+    Text(String),
+    Time(DateTime<Utc>),
+    BigInt(i64),
 }
 
-impl Filters {
-    /// `sql` with the time range bound to `$1` and `$2` and the name filters of
-    /// [`name_conditions`]`(3)` to `$3`–`$6`.
-    fn bind_range_and_names(&self, sql: String) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
-        let query = diesel::sql_query(sql)
-            .into_boxed()
-            .bind::<Timestamptz, _>(self.from)
-            .bind::<Timestamptz, _>(self.to);
-        self.bind_names(query)
+/// The values bound to a statement's placeholders. Each value is added where its placeholder
+/// is written into the SQL text, which numbers the placeholder by the value's position: the
+/// two cannot disagree.
+#[derive(Debug, Default)]
+struct Params(Vec<Bind>);
+
+impl Params {
+    /// Adds `value`; answers its placeholder, `$n`.
+    fn add(&mut self, value: Bind) -> String {
+        self.0.push(value);
+        format!("${}", self.0.len())
     }
 
-    /// Binds the name filters of [`name_conditions`].
-    fn bind_names<'f>(
-        &self,
-        query: BoxedSqlQuery<'f, Pg, SqlQuery>,
-    ) -> BoxedSqlQuery<'f, Pg, SqlQuery> {
-        query
-            .bind::<Nullable<Text>, _>(self.service.clone())
-            .bind::<Nullable<Text>, _>(self.namespace.clone())
-            .bind::<Nullable<Text>, _>(self.pod.clone())
-            .bind::<Nullable<Text>, _>(self.node.clone())
+    /// The conditions of `filters`, for a relation whose time column is `time`: the range,
+    /// then one equality for each name filter given (none for those not given, so that the
+    /// planner sees exactly the filters asked for).
+    fn filters(&mut self, filters: &Filters, time: &str) -> String {
+        let mut conditions = vec![
+            format!("{time} >= {}", self.add(Bind::Time(filters.from))),
+            format!("{time} < {}", self.add(Bind::Time(filters.to))),
+        ];
+        for (column, value) in [
+            ("service", &filters.service),
+            ("namespace", &filters.namespace),
+            ("pod_name", &filters.pod),
+            ("node_name", &filters.node),
+        ] {
+            if let Some(value) = value {
+                let placeholder = self.add(Bind::Text(value.clone()));
+                conditions.push(format!("{column} = {placeholder}"));
+            }
+        }
+        conditions.join(" AND ")
+    }
+
+    /// The statement `sql` with these values bound.
+    fn bind_to(self, sql: String) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+        let query = diesel::sql_query(sql).into_boxed();
+        self.0.into_iter().fold(query, |query, value| match value {
+            Bind::Text(v) => query.bind::<Text, _>(v),
+            Bind::Time(v) => query.bind::<Timestamptz, _>(v),
+            Bind::BigInt(v) => query.bind::<BigInt, _>(v),
+        })
     }
 }
 
@@ -157,6 +178,9 @@ pub struct Keyset {
     pub service: String,
 }
 
+/// The columns of [`MetricRow`].
+const METRIC_COLUMNS: &str = "time, service, pod_name, cpu, memory, namespace, node_name";
+
 /// Raw rows, newest first, after `after` if given.
 pub async fn list_metrics(
     pool: &DbPool,
@@ -164,47 +188,32 @@ pub async fn list_metrics(
     after: Option<&Keyset>,
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
-    use crate::schema::system_metrics::dsl as m;
     let conn = connection(pool).await?;
-    let mut query = m::system_metrics
-        .select(MetricRow::as_select())
-        .filter(m::time.ge(filters.from))
-        .filter(m::time.lt(filters.to))
-        .into_boxed();
-    if let Some(v) = &filters.service {
-        query = query.filter(m::service.eq(v.clone()));
-    }
-    if let Some(v) = &filters.namespace {
-        query = query.filter(m::namespace.eq(v.clone()));
-    }
-    if let Some(v) = &filters.pod {
-        query = query.filter(m::pod_name.eq(v.clone()));
-    }
-    if let Some(v) = &filters.node {
-        query = query.filter(m::node_name.eq(v.clone()));
-    }
+    let mut params = Params::default();
+    let mut conditions = params.filters(filters, "time");
     if let Some(k) = after {
-        query = query.filter(
-            m::time.lt(k.time).or(m::time.eq(k.time).and(
-                m::namespace
-                    .lt(k.namespace.clone())
-                    .or(m::namespace.eq(k.namespace.clone()).and(
-                        m::pod_name.lt(k.pod_name.clone()).or(m::pod_name
-                            .eq(k.pod_name.clone())
-                            .and(m::service.lt(k.service.clone()))),
-                    )),
-            )),
-        );
+        // Rows are listed by this key, descending: the page goes on below the last row's.
+        let key = [
+            params.add(Bind::Time(k.time)),
+            params.add(Bind::Text(k.namespace.clone())),
+            params.add(Bind::Text(k.pod_name.clone())),
+            params.add(Bind::Text(k.service.clone())),
+        ];
+        conditions.push_str(&format!(
+            " AND (time, namespace, pod_name, service) < ({})",
+            key.join(", ")
+        ));
     }
-    let query = query
-        .order((
-            m::time.desc(),
-            m::namespace.desc(),
-            m::pod_name.desc(),
-            m::service.desc(),
-        ))
-        .limit(limit);
-    bounded(pool, conn, |conn| query.load(conn).boxed()).await
+    let sql = format!(
+        "SELECT {METRIC_COLUMNS}
+         FROM system_metrics
+         WHERE {conditions}
+         ORDER BY time DESC, namespace DESC, pod_name DESC, service DESC
+         LIMIT {limit}",
+        limit = params.add(Bind::BigInt(limit)),
+    );
+    let query = params.bind_to(sql);
+    bounded(pool, conn, |conn| query.load::<MetricRow>(conn).boxed()).await
 }
 
 /// The newest row of each pod within the range.
@@ -214,19 +223,20 @@ pub async fn latest_per_pod(
     limit: i64,
 ) -> Result<Vec<MetricRow>, QueryError> {
     let conn = connection(pool).await?;
+    let mut params = Params::default();
     let sql = format!(
         "SELECT * FROM (
-             SELECT DISTINCT ON (namespace, pod_name)
-                    time, service, pod_name, cpu, memory, namespace, node_name
+             SELECT DISTINCT ON (namespace, pod_name) {METRIC_COLUMNS}
              FROM system_metrics
-             WHERE time >= $1 AND time < $2 {names}
+             WHERE {conditions}
              ORDER BY namespace, pod_name, time DESC
          ) latest
          ORDER BY namespace, pod_name
-         LIMIT $7",
-        names = name_conditions(3),
+         LIMIT {limit}",
+        conditions = params.filters(filters, "time"),
+        limit = params.add(Bind::BigInt(limit)),
     );
-    let query = filters.bind_range_and_names(sql).bind::<BigInt, _>(limit);
+    let query = params.bind_to(sql);
     bounded(pool, conn, |conn| query.load::<MetricRow>(conn).boxed()).await
 }
 
@@ -282,15 +292,76 @@ pub struct SeriesRow {
     pub memory: f64,
 }
 
+/// What the database offers the series queries. Known once the database is connected; until
+/// then, and on plain PostgreSQL, [`Storage::Table`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// A plain PostgreSQL table.
+    #[default]
+    Table,
+    /// A TimescaleDB hypertable, and whether its 1-minute continuous aggregate exists.
+    Hypertable { minute_aggregate: bool },
+}
+
+/// The [`Storage`] the API's queries are planned by, shared by the HTTP server, which is up
+/// before the database is reached, and the start-up, which sets it once it is.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStorage(Arc<RwLock<Storage>>);
+
+impl SharedStorage {
+    pub fn set(&self, storage: Storage) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = storage;
+    }
+
+    pub fn get(&self) -> Storage {
+        *self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Where a series is computed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeriesSource {
+enum SeriesSource {
     /// The raw rows, bucketed with `date_bin` (plain PostgreSQL).
     Rows,
     /// The raw rows, bucketed with TimescaleDB's `time_bucket`.
     Hypertable,
     /// TimescaleDB's 1-minute continuous aggregate: for whole minutes, and not for p95.
     MinuteAggregate,
+}
+
+impl Storage {
+    /// Where a series is computed from on this storage. The 1-minute aggregate covers a
+    /// request whose buckets and bounds are whole minutes and whose aggregate can be computed
+    /// from per-minute sums, minima and maxima; anything else reads the raw rows.
+    fn series_source(
+        self,
+        filters: &Filters,
+        bucket_seconds: i64,
+        aggregate: Aggregate,
+    ) -> SeriesSource {
+        let Storage::Hypertable { minute_aggregate } = self else {
+            return SeriesSource::Rows;
+        };
+        let whole_minutes = bucket_seconds % 60 == 0
+            && filters.from.timestamp_millis() % 60_000 == 0
+            && filters.to.timestamp_millis() % 60_000 == 0;
+        if minute_aggregate && whole_minutes && aggregate.over_minutes("cpu").is_some() {
+            SeriesSource::MinuteAggregate
+        } else {
+            SeriesSource::Hypertable
+        }
+    }
+}
+
+impl SeriesSource {
+    /// What answers when this source fails: the raw rows stand in for the 1-minute aggregate
+    /// (dropped or broken by hand, say), which holds nothing they do not.
+    fn fallback(self) -> Option<SeriesSource> {
+        match self {
+            SeriesSource::MinuteAggregate => Some(SeriesSource::Hypertable),
+            SeriesSource::Rows | SeriesSource::Hypertable => None,
+        }
+    }
 }
 
 impl Aggregate {
@@ -308,36 +379,69 @@ impl Aggregate {
 /// Where series buckets start, on both storages: the Unix epoch.
 const BUCKET_ORIGIN: &str = "TIMESTAMPTZ '1970-01-01 00:00:00+00'";
 
-/// Time-bucketed aggregates, ordered by group then time. Buckets are aligned to the epoch
-/// whatever the source: `time_bucket` is given the origin, since its own default is
-/// 2000-01-03, where a size that does not divide a day (7 minutes) or a week would start
-/// elsewhere than `date_bin`'s.
+/// Time-bucketed aggregates, ordered by group then time, from the best source `storage`
+/// offers; where that source fails and another can answer, from the other.
 pub async fn series(
     pool: &DbPool,
+    storage: Storage,
     filters: &Filters,
     bucket_seconds: i64,
     aggregate: Aggregate,
     group_by: Dimension,
+) -> Result<Vec<SeriesRow>, QueryError> {
+    let source = storage.series_source(filters, bucket_seconds, aggregate);
+    with_fallback(source, |source| {
+        series_from(pool, source, filters, bucket_seconds, aggregate, group_by)
+    })
+    .await
+}
+
+/// Runs `query` on `source`, and on its fallback where it fails and has one.
+async fn with_fallback<T, F, Fut>(source: SeriesSource, mut query: F) -> Result<T, QueryError>
+where
+    F: FnMut(SeriesSource) -> Fut,
+    Fut: Future<Output = Result<T, QueryError>>,
+{
+    match (query(source).await, source.fallback()) {
+        (Err(e), Some(fallback)) => {
+            log::warn!("continuous aggregate query failed, using the raw rows: {e}");
+            query(fallback).await
+        }
+        (result, _) => result,
+    }
+}
+
+/// [`series`] from one source. Buckets are aligned to the epoch whatever the source:
+/// `time_bucket` is given the origin, since its own default is 2000-01-03, where a size that
+/// does not divide a day (7 minutes) or a week would start elsewhere than `date_bin`'s.
+async fn series_from(
+    pool: &DbPool,
     source: SeriesSource,
+    filters: &Filters,
+    bucket_seconds: i64,
+    aggregate: Aggregate,
+    group_by: Dimension,
 ) -> Result<Vec<SeriesRow>, QueryError> {
     let conn = connection(pool).await?;
+    let mut params = Params::default();
+    let interval = params.add(Bind::Text(format!("{bucket_seconds} seconds")));
     let (bucket, table, time, cpu, memory) = match (source, aggregate.over_minutes("cpu")) {
         (SeriesSource::MinuteAggregate, Some(cpu)) => (
-            format!("time_bucket($1::interval, bucket, {BUCKET_ORIGIN})"),
+            format!("time_bucket({interval}::interval, bucket, {BUCKET_ORIGIN})"),
             super::timescale::AGGREGATE,
             "bucket",
             cpu,
             aggregate.over_minutes("memory").unwrap_or_default(),
         ),
         (SeriesSource::Hypertable | SeriesSource::MinuteAggregate, _) => (
-            format!("time_bucket($1::interval, time, {BUCKET_ORIGIN})"),
+            format!("time_bucket({interval}::interval, time, {BUCKET_ORIGIN})"),
             "system_metrics",
             "time",
             aggregate.sql("cpu"),
             aggregate.sql("memory"),
         ),
         (SeriesSource::Rows, _) => (
-            format!("date_bin($1::interval, time, {BUCKET_ORIGIN})"),
+            format!("date_bin({interval}::interval, time, {BUCKET_ORIGIN})"),
             "system_metrics",
             "time",
             aggregate.sql("cpu"),
@@ -347,18 +451,13 @@ pub async fn series(
     let sql = format!(
         "SELECT {bucket} AS bucket, {group} AS grp, {cpu}::float8 AS cpu, {memory}::float8 AS memory
          FROM {table}
-         WHERE {time} >= $2 AND {time} < $3 {names}
+         WHERE {conditions}
          GROUP BY 1, 2
          ORDER BY 2, 1",
         group = group_by.column(),
-        names = name_conditions(4),
+        conditions = params.filters(filters, time),
     );
-    let query = diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<Text, _>(format!("{bucket_seconds} seconds"))
-        .bind::<Timestamptz, _>(filters.from)
-        .bind::<Timestamptz, _>(filters.to);
-    let query = filters.bind_names(query);
+    let query = params.bind_to(sql);
     bounded(pool, conn, |conn| query.load(conn).boxed()).await
 }
 
@@ -382,17 +481,19 @@ pub async fn distinct_values(
     limit: i64,
 ) -> Result<Vec<DistinctValue>, QueryError> {
     let conn = connection(pool).await?;
+    let mut params = Params::default();
     let sql = format!(
         "SELECT {col} AS name, min(time) AS first_seen, max(time) AS last_seen, count(*) AS samples
          FROM system_metrics
-         WHERE time >= $1 AND time < $2 {names}
+         WHERE {conditions}
          GROUP BY 1
          ORDER BY 1
-         LIMIT $7",
+         LIMIT {limit}",
         col = dimension.column(),
-        names = name_conditions(3),
+        conditions = params.filters(filters, "time"),
+        limit = params.add(Bind::BigInt(limit)),
     );
-    let query = filters.bind_range_and_names(sql).bind::<BigInt, _>(limit);
+    let query = params.bind_to(sql);
     bounded(pool, conn, |conn| query.load(conn).boxed()).await
 }
 
@@ -400,12 +501,163 @@ pub async fn distinct_values(
 mod tests {
     use super::*;
 
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    /// A range of whole minutes.
+    fn minutes() -> Filters {
+        Filters {
+            from: at(1_730_707_200_000),
+            to: at(1_730_707_200_000 + 3_600_000),
+            ..Filters::default()
+        }
+    }
+
     #[test]
-    fn name_conditions_number_their_parameters_in_binding_order() {
+    fn filters_bind_the_range_and_only_the_names_given() {
+        let mut params = Params::default();
+        let filters = Filters {
+            service: Some("alpha".into()),
+            node: Some("n1".into()),
+            ..minutes()
+        };
+        let limit = params.add(Bind::BigInt(10));
         assert_eq!(
-            name_conditions(3),
-            "AND ($3::text IS NULL OR service = $3) AND ($4::text IS NULL OR namespace = $4) \
-             AND ($5::text IS NULL OR pod_name = $5) AND ($6::text IS NULL OR node_name = $6)"
+            params.filters(&filters, "bucket"),
+            "bucket >= $2 AND bucket < $3 AND service = $4 AND node_name = $5"
         );
+        assert_eq!(limit, "$1");
+        assert_eq!(
+            params.0,
+            [
+                Bind::BigInt(10),
+                Bind::Time(filters.from),
+                Bind::Time(filters.to),
+                Bind::Text("alpha".into()),
+                Bind::Text("n1".into()),
+            ]
+        );
+        let mut params = Params::default();
+        assert_eq!(
+            params.filters(&minutes(), "time"),
+            "time >= $1 AND time < $2"
+        );
+    }
+
+    #[test]
+    fn plain_tables_are_always_read_row_by_row() {
+        for aggregate in [
+            Aggregate::Avg,
+            Aggregate::Min,
+            Aggregate::Max,
+            Aggregate::P95,
+        ] {
+            assert_eq!(
+                Storage::Table.series_source(&minutes(), 60, aggregate),
+                SeriesSource::Rows
+            );
+        }
+        assert_eq!(
+            Storage::default(),
+            Storage::Table,
+            "before the database is reached"
+        );
+    }
+
+    #[test]
+    fn the_minute_aggregate_serves_whole_minutes_except_p95() {
+        let with = Storage::Hypertable {
+            minute_aggregate: true,
+        };
+        let without = Storage::Hypertable {
+            minute_aggregate: false,
+        };
+        for aggregate in [Aggregate::Avg, Aggregate::Min, Aggregate::Max] {
+            assert_eq!(
+                with.series_source(&minutes(), 300, aggregate),
+                SeriesSource::MinuteAggregate
+            );
+            assert_eq!(
+                without.series_source(&minutes(), 300, aggregate),
+                SeriesSource::Hypertable
+            );
+        }
+        let mid_minute = |from: i64, to: i64| Filters {
+            from: at(from),
+            to: at(to),
+            ..Filters::default()
+        };
+        let whole = 1_730_707_200_000;
+        for (filters, bucket, aggregate, why) in [
+            (minutes(), 60, Aggregate::P95, "p95 needs every sample"),
+            (minutes(), 90, Aggregate::Avg, "a bucket of 1.5 minutes"),
+            (minutes(), 30, Aggregate::Max, "a bucket under a minute"),
+            (
+                mid_minute(whole + 1_000, whole + 60_000),
+                60,
+                Aggregate::Avg,
+                "from mid-minute",
+            ),
+            (
+                mid_minute(whole, whole + 60_001),
+                60,
+                Aggregate::Min,
+                "to mid-minute",
+            ),
+        ] {
+            assert_eq!(
+                with.series_source(&filters, bucket, aggregate),
+                SeriesSource::Hypertable,
+                "{why}"
+            );
+        }
+    }
+
+    /// Runs [`with_fallback`] with a query failing on `failing`; answers the result and the
+    /// sources asked, in order.
+    async fn fallback_run(
+        source: SeriesSource,
+        failing: &[SeriesSource],
+    ) -> (Result<SeriesSource, QueryError>, Vec<SeriesSource>) {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let result = with_fallback(source, |source| {
+            asked.borrow_mut().push(source);
+            let fails = failing.contains(&source);
+            async move {
+                if fails {
+                    Err(QueryError::Timeout(std::time::Duration::from_millis(5)))
+                } else {
+                    Ok(source)
+                }
+            }
+        })
+        .await;
+        (result, asked.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_failing_minute_aggregate_falls_back_to_the_raw_rows() {
+        use SeriesSource::*;
+        let (result, asked) = fallback_run(MinuteAggregate, &[MinuteAggregate]).await;
+        assert_eq!(result.unwrap(), Hypertable);
+        assert_eq!(asked, [MinuteAggregate, Hypertable]);
+
+        let (result, asked) = fallback_run(MinuteAggregate, &[]).await;
+        assert_eq!(result.unwrap(), MinuteAggregate);
+        assert_eq!(asked, [MinuteAggregate], "no fallback when it answers");
+
+        let (result, asked) = fallback_run(MinuteAggregate, &[MinuteAggregate, Hypertable]).await;
+        assert!(matches!(result, Err(QueryError::Timeout(_))));
+        assert_eq!(asked, [MinuteAggregate, Hypertable]);
+    }
+
+    #[tokio::test]
+    async fn the_raw_rows_have_nothing_to_fall_back_to() {
+        for source in [SeriesSource::Rows, SeriesSource::Hypertable] {
+            let (result, asked) = fallback_run(source, &[source]).await;
+            assert!(result.is_err());
+            assert_eq!(asked, [source]);
+        }
     }
 }

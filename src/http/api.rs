@@ -2,9 +2,6 @@
 //! values, and anything unparsable, out of order or beyond the configured caps is answered
 //! with 400 `{"error": …, "field": …}` before the database is asked anything.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
 use actix_web::{HttpResponse, ResponseError, web};
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -12,14 +9,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::db::queries::{
-    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow, SeriesSource,
+    self, Aggregate, DbPool, Dimension, DistinctValue, Filters, Keyset, MetricRow, SharedStorage,
 };
-use crate::stats::Stats;
 
-/// What the API needs: the pool, the pipeline's counters, and the caps.
+/// What the API needs: the pool, the storage its queries are planned by, and the caps.
 pub struct ApiState {
     pub pool: DbPool,
-    pub stats: Arc<Stats>,
+    pub storage: SharedStorage,
     pub max_limit: u32,
     pub max_range: Duration,
     pub max_buckets: u32,
@@ -122,6 +118,27 @@ pub struct MetricsQuery {
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// Filters and size of `GET /api/v1/metrics/latest` and of the lists of pods, services,
+/// namespaces and nodes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// Only this namespace.
+    namespace: Option<String>,
+    /// Only this pod.
+    pod: Option<String>,
+    /// Only this node.
+    node: Option<String>,
+    /// Start of the range, inclusive: RFC 3339 or Unix milliseconds (default: `to` − 1 h).
+    from: Option<String>,
+    /// End of the range, exclusive: RFC 3339 or Unix milliseconds (default: now).
+    to: Option<String>,
+    /// Most rows (default and at most `API_MAX_LIMIT`).
+    limit: Option<String>,
 }
 
 /// One page of rows, newest first.
@@ -325,16 +342,16 @@ pub async fn list_metrics(
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/metrics/latest", params(MetricsQuery),
+    get, path = "/api/v1/metrics/latest", params(ListQuery),
     responses((status = 200, body = MetricsList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "The newest row of each pod within the range (default: the last hour)."
 )]
 pub async fn latest(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let filters = state.filters((&q.service, &q.namespace, &None, &q.node), &q.from, &q.to)?;
+    let filters = state.filters((&q.service, &q.namespace, &q.pod, &q.node), &q.from, &q.to)?;
     let limit = state.limit(&q.limit, state.max_limit)?;
     let rows = queries::latest_per_pod(&state.pool, &filters, limit).await?;
     Ok(HttpResponse::Ok().json(MetricsList { data: rows }))
@@ -378,16 +395,8 @@ pub async fn series(
             ),
         ));
     }
-    let source = series_source(&state.stats, &filters, bucket, aggregate);
-    let rows =
-        match queries::series(&state.pool, &filters, bucket, aggregate, group_by, source).await {
-            Err(e) if source == SeriesSource::MinuteAggregate => {
-                log::warn!("continuous aggregate query failed, using the raw rows: {e}");
-                let raw = SeriesSource::Hypertable;
-                queries::series(&state.pool, &filters, bucket, aggregate, group_by, raw).await?
-            }
-            result => result?,
-        };
+    let storage = state.storage.get();
+    let rows = queries::series(&state.pool, storage, &filters, bucket, aggregate, group_by).await?;
     let mut series: Vec<Series> = Vec::new();
     for row in rows {
         let point = SeriesPoint {
@@ -411,30 +420,6 @@ pub async fn series(
     }))
 }
 
-/// The 1-minute aggregate covers a request whose buckets and bounds are whole minutes and
-/// whose aggregate can be computed from per-minute sums, minima and maxima.
-fn series_source(
-    stats: &Stats,
-    filters: &Filters,
-    bucket: i64,
-    aggregate: Aggregate,
-) -> SeriesSource {
-    if !stats.timescale.load(Ordering::Relaxed) {
-        return SeriesSource::Rows;
-    }
-    let whole_minutes = bucket % 60 == 0
-        && filters.from.timestamp_millis() % 60_000 == 0
-        && filters.to.timestamp_millis() % 60_000 == 0;
-    if stats.continuous_aggregate.load(Ordering::Relaxed)
-        && whole_minutes
-        && aggregate != Aggregate::P95
-    {
-        SeriesSource::MinuteAggregate
-    } else {
-        SeriesSource::Hypertable
-    }
-}
-
 fn dimension(name: &str) -> Option<Dimension> {
     match name {
         "pod" => Some(Dimension::Pod),
@@ -447,7 +432,7 @@ fn dimension(name: &str) -> Option<Dimension> {
 
 async fn distinct(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
     dimension: Dimension,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -457,42 +442,42 @@ async fn distinct(
     Ok(HttpResponse::Ok().json(DistinctList { data }))
 }
 
-#[utoipa::path(get, path = "/api/v1/pods", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/pods", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Pods seen in the range, with first and last sample and sample count.")]
 pub async fn pods(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Pod).await
 }
 
-#[utoipa::path(get, path = "/api/v1/services", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/services", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Services seen in the range.")]
 pub async fn services(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Service).await
 }
 
-#[utoipa::path(get, path = "/api/v1/namespaces", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/namespaces", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Namespaces seen in the range.")]
 pub async fn namespaces(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Namespace).await
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes", params(MetricsQuery),
-    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/nodes", params(ListQuery),
+    responses((status = 200, body = DistinctList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     description = "Nodes seen in the range.")]
 pub async fn nodes(
     state: web::Data<ApiState>,
-    query: web::Query<MetricsQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     distinct(state, query, Dimension::Node).await
 }

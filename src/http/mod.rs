@@ -10,13 +10,57 @@ pub mod prometheus;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use actix_web::{HttpResponse, web};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, web};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::stats::{ActorStats, Rates, Stats};
+use api::ApiState;
+use auth::Access;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// What the handlers read, made once and shared by every worker of the server.
+#[derive(Clone)]
+pub struct AppState {
+    stats: web::Data<Arc<Stats>>,
+    api: web::Data<ApiState>,
+    access: web::Data<Access>,
+}
+
+impl AppState {
+    pub fn new(stats: Arc<Stats>, api: ApiState, access: Access) -> AppState {
+        AppState {
+            stats: web::Data::new(stats),
+            api: web::Data::new(api),
+            access: web::Data::new(access),
+        }
+    }
+}
+
+/// The whole HTTP surface: every route, behind the token check. The server builds one for
+/// each of its workers; tests serve it in-process (`actix_web::test::init_service`).
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state.stats)
+        .app_data(state.api)
+        .app_data(state.access)
+        .wrap(from_fn(auth::require_token))
+        .configure(routes)
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/status", web::get().to(status))
