@@ -452,7 +452,7 @@ async fn sigterm_flushes_commits_and_exits_0() {
         40
     );
     assert!(
-        app.wait_for_log("final offsets committed", Duration::ZERO)
+        app.wait_for_log("final offsets committed", Duration::from_secs(5))
             .is_some()
     );
 

@@ -172,7 +172,7 @@ async fn the_demo_runs_the_pipeline_without_a_kafka_installation() {
         app.lines()
     );
     assert!(
-        app.wait_for_log("[METRIC] service=", Duration::ZERO)
+        app.wait_for_log("[METRIC] service=", Duration::from_secs(10))
             .is_some()
     );
 
