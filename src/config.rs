@@ -210,7 +210,7 @@ pub struct ValidatorSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Batching")]
 pub struct BatchSettings {
-    /// A batch is flushed to the database when it holds this many rows.
+    /// A batch is flushed to the database when it holds this many rows, the most it holds.
     #[arg(id = "batch_max_rows", value_name = "BATCH_MAX_ROWS", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_rows: u32,
 
@@ -218,7 +218,17 @@ pub struct BatchSettings {
     #[arg(id = "batch_max_wait_ms", value_name = "BATCH_MAX_WAIT_MS", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub max_wait_ms: u64,
 
-    /// Mailbox capacity of the batch writer, in chunks.
+    /// Whether a writer with nothing else to do flushes what it holds at once (group commit:
+    /// batches then grow only while a flush runs); `false` waits for the size or time trigger.
+    #[arg(id = "batch_flush_when_idle", value_name = "BATCH_FLUSH_WHEN_IDLE", long = "batch-flush-when-idle", env = "BATCH_FLUSH_WHEN_IDLE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub flush_when_idle: bool,
+
+    /// Database connections writing rows, each a batch writer owning a disjoint set of the
+    /// assigned partitions; more than the partitions assigned leaves some idle.
+    #[arg(id = "writer_connections", value_name = "WRITER_CONNECTIONS", long = "writer-connections", env = "WRITER_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections: u32,
+
+    /// Mailbox capacity of each batch writer, in chunks.
     #[arg(id = "writer_mailbox_capacity", value_name = "WRITER_MAILBOX_CAPACITY", long = "writer-mailbox-capacity", env = "WRITER_MAILBOX_CAPACITY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub mailbox_capacity: u32,
 

@@ -18,7 +18,8 @@ use crate::actors::kafka_consumer::{
     self, ConsumerEvents, ConsumerOutput, KafkaConsumer, MetricsConsumer,
 };
 use crate::actors::messages::Stop;
-use crate::actors::validator::{Validator, ValidatorOutput};
+use crate::actors::validator::Validator;
+use crate::actors::writers::{WriterInbox, Writers};
 use crate::backoff::Backoff;
 use crate::config::{Settings, redact_url};
 use crate::db::queries::{self, SharedStorage};
@@ -27,6 +28,7 @@ use crate::dead_letter::{self, DeadLetters};
 use crate::http::AppState;
 use crate::http::api::ApiState;
 use crate::http::auth::Access;
+use crate::log_limit::LogLimit;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +169,9 @@ impl Application {
 /// Connects, migrates and starts the three actors; retries what is unreachable.
 ///
 /// The actors know each other only by the messages they send: the consumer's rebalance
-/// callback tells the writer what changed hands, the writer tells the consumer what is stored.
-/// Both addresses exist before either actor: the writer's is taken before the Kafka consumer
-/// is made, the consumer's before the writer starts.
+/// callback tells the writers what changed hands, the writers tell the consumer what is
+/// stored. The addresses exist before the actors: the writers' are taken before the Kafka
+/// consumer is made, the consumer's before the writers start.
 async fn start_pipeline(
     settings: &Settings,
     stats: Arc<Stats>,
@@ -190,7 +192,23 @@ async fn start_pipeline(
         group: kafka.group_id.clone(),
         topic: kafka.topic.clone(),
     };
-    let writer = Unstarted::<BatchWriter>::new();
+    // Each writer gets a thread of its own, with its database connection: its round trips to
+    // the database are then never queued behind parsing on the consumer's thread, nor behind
+    // another writer's.
+    let unstarted: Vec<Unstarted<BatchWriter>> = (0..settings.batching.connections)
+        .map(|_| Unstarted::new())
+        .collect();
+    let writers = Arc::new(Writers::new(
+        unstarted
+            .iter()
+            .map(|writer| WriterInbox {
+                chunks: writer.address().recipient(),
+                rebalanced: writer.address().recipient(),
+                flush: writer.address().recipient(),
+                stats: stats.add_connection(),
+            })
+            .collect(),
+    ));
     let events = ConsumerEvents::new(
         kafka,
         Box::new(db::OffsetReader {
@@ -198,7 +216,7 @@ async fn start_pipeline(
             timeouts: settings.database.timeouts(),
             scope: scope.clone(),
         }),
-        writer.address().recipient(),
+        writers.clone(),
         stats.clone(),
     );
     let consumer = connect_kafka(settings, events, &stats).await?;
@@ -207,28 +225,31 @@ async fn start_pipeline(
         .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
     let consumer_context = Context::<KafkaConsumer>::new();
-    let writer_actor = BatchWriter::new(
-        &settings.batching,
-        batch_writer::Target {
-            url: settings.database.url.clone(),
-            timeouts: settings.database.timeouts(),
-            scope,
-        },
-        consumer_context.address().recipient(),
-        dead_letters.clone(),
-        stats.clone(),
-    );
-    // The writer gets a thread of its own, with its database connection: its round trips to
-    // the database are then never queued behind parsing on the consumer's thread.
-    let writer_thread = Arbiter::new();
-    let writer = writer.start_in(&writer_thread.handle(), writer_actor);
+    let metric_log = Arc::new(std::sync::Mutex::new(LogLimit::new(
+        "[METRIC] lines",
+        settings.batching.metric_log_max_per_sec,
+    )));
+    for (index, writer) in unstarted.into_iter().enumerate() {
+        let actor = BatchWriter::new(
+            &settings.batching,
+            batch_writer::Target {
+                url: settings.database.url.clone(),
+                timeouts: settings.database.timeouts(),
+                scope: scope.clone(),
+            },
+            consumer_context.address().recipient(),
+            dead_letters.clone(),
+            metric_log.clone(),
+            stats.clone(),
+            writers.inbox(index).stats.clone(),
+        );
+        let thread = Arbiter::new();
+        writer.start_in(&thread.handle(), actor);
+    }
     let validator = Validator::new(
         &settings.validator,
         max_age_ms,
-        ValidatorOutput {
-            chunks: writer.clone().recipient(),
-            flush: writer.recipient(),
-        },
+        writers,
         dead_letters,
         stats.clone(),
     )

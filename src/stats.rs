@@ -3,8 +3,8 @@
 //! the mailbox depth.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -41,8 +41,13 @@ impl ActorStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
+    /// The batch reached `BATCH_MAX_ROWS`.
     Size,
+    /// Its oldest row waited `BATCH_MAX_WAIT_MS`.
     Time,
+    /// The writer had nothing else to do: what arrived while the last flush ran is written
+    /// at once (group commit).
+    Idle,
     Shutdown,
 }
 
@@ -53,6 +58,19 @@ pub struct FlushReport {
     pub rows: usize,
     pub duration_ms: f64,
     pub trigger: Trigger,
+}
+
+/// What one writer connection does; [`Stats`] holds the sums over all of them.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Its mailbox and the rows through it.
+    pub mailbox: ActorStats,
+    /// The partitions it owns.
+    pub partitions: Mutex<Vec<i32>>,
+    pub rows_buffered: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub flushes: AtomicU64,
+    pub last_flush: Mutex<Option<FlushReport>>,
 }
 
 /// What the consumer knows of one assigned partition. `/status` and `/metrics` show the three
@@ -156,12 +174,14 @@ pub struct Stats {
     pub duplicates_skipped: AtomicU64,
     /// Rows dropped because their partition moved to another instance or they were stored.
     pub stale_rows_dropped: AtomicU64,
-    pub rows_buffered: AtomicU64,
     pub rows_written: AtomicU64,
     pub flushes_by_size: AtomicU64,
     pub flushes_by_time: AtomicU64,
+    pub flushes_when_idle: AtomicU64,
     pub flushes_on_shutdown: AtomicU64,
     pub last_flush: Mutex<Option<FlushReport>>,
+    /// Each writer connection's own figures, in the order the writers were made.
+    pub connections: Mutex<Vec<Arc<ConnectionStats>>>,
     /// True while the consumer holds its partitions paused because the validator is full.
     pub consumer_paused: AtomicBool,
     /// True once the consumer has joined its group.
@@ -189,6 +209,31 @@ pub struct Rates {
 }
 
 impl Stats {
+    /// Registers one more writer connection and answers with its figures.
+    pub fn add_connection(&self) -> Arc<ConnectionStats> {
+        let connection = Arc::new(ConnectionStats::default());
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.push(connection.clone());
+        }
+        connection
+    }
+
+    /// The writer connections' figures.
+    pub fn connections(&self) -> Vec<Arc<ConnectionStats>> {
+        self.connections
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Rows waiting in all writers' batches.
+    pub fn rows_buffered(&self) -> u64 {
+        self.connections()
+            .iter()
+            .map(|c| c.rows_buffered.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Samples the record counters; called once a second.
     pub fn sample_rates(&self) {
         let counts = [

@@ -3,8 +3,8 @@
 //! stored over `sasl_ssl` with `SCRAM-SHA-512`, the password read from
 //! `KAFKA_SASL_PASSWORD_FILE`; a wrong password gives a clear line and `/ready` 503.
 //!
-//! The broker is built by `.ci/test` (`cargo install tansu --features libsql` into
-//! `target/tansu-libsql`); `TANSU_SASL` names another build.
+//! The broker is found where `TANSU_SASL` says (`.ci/test` builds it, `cargo install tansu
+//! --features libsql`, into a cache across checkouts and sets it), else in `target/tansu-libsql`.
 
 mod common;
 

@@ -327,6 +327,7 @@ async fn a_full_batch_is_flushed_by_size() {
     let mut env = s.env();
     env.insert("BATCH_MAX_ROWS".into(), "10".into());
     env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
+    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
     let app = TestApp::spawn_consuming(env);
     let ts = now_ms();
 
@@ -361,11 +362,117 @@ async fn a_full_batch_is_flushed_by_size() {
 }
 
 #[tokio::test]
+async fn an_idle_writer_flushes_at_once() {
+    let s = setup().await;
+    let mut env = s.env();
+    env.insert("BATCH_MAX_ROWS".into(), "100000".into());
+    env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
+    let app = TestApp::spawn_consuming(env);
+
+    let payloads: Vec<Vec<u8>> = (0..3)
+        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, now_ms()))
+        .collect();
+    produce(&producer(), &s.topic, 0, &payloads).await;
+
+    // Neither the size nor the time trigger is anywhere near: the writer has nothing else to do.
+    assert_eq!(
+        wait_for_count(&s.db, "SELECT count(*) FROM system_metrics", 3).await,
+        3
+    );
+    let status = app.status().await;
+    assert!(
+        status["writer"]["flushes"]["idle"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    assert_eq!(status["writer"]["flushes"]["size"], 0);
+    assert_eq!(status["writer"]["flushes"]["time"], 0);
+    assert_eq!(status["writer"]["last_flush"]["trigger"], "idle");
+    assert_eq!(status["writer"]["rows_buffered"], 0);
+}
+
+#[tokio::test]
+async fn writer_connections_share_the_partitions_and_status_sums_them() {
+    let s = setup().await;
+    let mut env = s.env();
+    env.insert("WRITER_CONNECTIONS".into(), "2".into());
+    let app = TestApp::spawn_consuming(env);
+    let ts = now_ms();
+    let producer = producer();
+    for partition in 0..PARTITIONS {
+        let payloads: Vec<Vec<u8>> = (0..20)
+            .map(|i| guide_message(&format!("pod-{partition}-{i}"), 5.0, 5.0, ts - i))
+            .collect();
+        produce(&producer, &s.topic, partition, &payloads).await;
+    }
+    let total = 20 * PARTITIONS as i64;
+    assert_eq!(
+        wait_for_count(&s.db, "SELECT count(*) FROM system_metrics", total).await,
+        total
+    );
+    let status = app
+        .wait_for_status("every row counted as written", |s| {
+            s["writer"]["rows_written"] == total
+        })
+        .await;
+
+    let connections = status["writer"]["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 2, "{status:#}");
+    let mut owned: Vec<i64> = Vec::new();
+    let (mut written, mut flushes) = (0, 0);
+    for connection in connections {
+        let partitions: Vec<i64> = connection["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        // The writer owning the fewest takes the next partition: 3 partitions split 2 and 1.
+        assert!(
+            (1..=2).contains(&partitions.len()),
+            "each connection owns one or two partitions: {status:#}"
+        );
+        let rows = connection["rows_written"].as_i64().unwrap();
+        assert_eq!(rows, 20 * partitions.len() as i64, "{status:#}");
+        owned.extend(partitions);
+        written += rows;
+        flushes += connection["flushes"].as_u64().unwrap();
+    }
+    owned.sort_unstable();
+    assert_eq!(
+        owned,
+        (0..PARTITIONS as i64).collect::<Vec<_>>(),
+        "{status:#}"
+    );
+    assert_eq!(written, total);
+    let by_trigger: u64 = ["size", "time", "idle", "shutdown"]
+        .iter()
+        .map(|t| status["writer"]["flushes"][t].as_u64().unwrap())
+        .sum();
+    assert_eq!(flushes, by_trigger, "{status:#}");
+
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for connection in ["0", "1"] {
+        assert!(
+            metrics.contains(&format!(
+                "panopticon_writer_connection_rows_written_total{{connection=\"{connection}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_waiting_batch_is_flushed_by_time() {
     let s = setup().await;
     let mut env = s.env();
     env.insert("BATCH_MAX_ROWS".into(), "100000".into());
     env.insert("BATCH_MAX_WAIT_MS".into(), "300".into());
+    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
     let app = TestApp::spawn_consuming(env);
 
     let payloads: Vec<Vec<u8>> = (0..3)
@@ -392,6 +499,7 @@ async fn a_killed_service_loses_nothing_on_restart() {
     let mut env = s.env();
     env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
     env.insert("BATCH_MAX_ROWS".into(), "1000000".into());
+    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
     let mut app = TestApp::spawn_consuming(env.clone());
     let ts = now_ms();
     let producer = producer();
@@ -429,6 +537,7 @@ async fn sigterm_flushes_commits_and_exits_0() {
     let mut env = s.env();
     env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
     env.insert("BATCH_MAX_ROWS".into(), "1000000".into());
+    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
     let mut app = TestApp::spawn_consuming(env.clone());
     let ts = now_ms();
     let payloads: Vec<Vec<u8>> = (0..40)

@@ -19,6 +19,12 @@ fn base_env() -> HashMap<String, String> {
 fn malformed_settings_exit_with_code_2_and_say_why() {
     let cases = [
         ("BATCH_MAX_ROWS", "lots", "BATCH_MAX_ROWS"),
+        ("WRITER_CONNECTIONS", "0", "WRITER_CONNECTIONS"),
+        (
+            "BATCH_FLUSH_WHEN_IDLE",
+            "sometimes",
+            "BATCH_FLUSH_WHEN_IDLE",
+        ),
         ("HTTP_PORT", "70000", "70000"),
         (
             "DATABASE_URL",
@@ -63,6 +69,8 @@ fn help_lists_every_setting_with_its_default() {
         ("BATCH_MAX_WAIT_MS", "500"),
         ("VALIDATOR_MAILBOX_CAPACITY", "4"),
         ("WRITER_MAILBOX_CAPACITY", "8"),
+        ("WRITER_CONNECTIONS", "2"),
+        ("BATCH_FLUSH_WHEN_IDLE", "true"),
         ("METRIC_LOG_MAX_PER_SEC", "100"),
         ("REJECTION_LOG_MAX_PER_SEC", "100"),
         ("SHUTDOWN_TIMEOUT_MS", "30000"),

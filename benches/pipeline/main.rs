@@ -220,10 +220,11 @@ async fn run_phases(
     }
 
     // 3a. Write limit.
-    step("write limit: COPY of the same rows");
+    step("write limit: COPY of the same rows, on one connection and on one a CPU");
     let reference = Database::create(&settings.admin_url, "reference").await?;
     let client = connect(&reference.url).await?;
-    let write_limit = references::write_limit(&settings, &client, &messages).await?;
+    let write_limit =
+        references::write_limit(&settings, &reference.url, &client, &messages).await?;
     drop(messages);
 
     // 3b. Read limit.

@@ -1,6 +1,7 @@
 //! Phase 3a and 3b: the limits on either side of the service. The write limit is one `COPY` of
 //! the same N rows, CSV and binary, pre-encoded, into a fresh table made by the same
-//! migrations; the read limit is an rdkafka consumer that only reads the topic and touches each
+//! migrations, and the rows split over one binary `COPY` a CPU, run at once on as many
+//! connections (what the database takes with every core writing); the read limit is an rdkafka consumer that only reads the topic and touches each
 //! payload.
 
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ pub struct WriteLimit {
     /// The faster of the two.
     #[serde(rename = "limit_rows_per_s", serialize_with = "rounded")]
     pub limit: f64,
+    /// The rows split over `parallel_connections` binary `COPY`s at once.
+    #[serde(rename = "parallel_copy_binary_rows_per_s", serialize_with = "rounded")]
+    pub parallel: f64,
+    pub parallel_connections: usize,
 }
 
 /// The report's `read_limit`, rounded there.
@@ -43,17 +48,27 @@ pub struct ReadLimit {
     pub cpu_s: f64,
 }
 
-/// Copies every message, as rows, into the empty `system_metrics` of `client`'s database,
-/// once as CSV and once binary, each after a `CHECKPOINT`; leaves the table empty.
+/// Copies every message, as rows, into the empty `system_metrics` of the database at `url`
+/// (`client` is connected to it): once as CSV, once binary, once split over one binary `COPY`
+/// a CPU at once, each after a `CHECKPOINT`; leaves the table empty.
 pub async fn write_limit(
     settings: &Settings,
+    url: &str,
     client: &Client,
     messages: &Messages,
 ) -> anyhow::Result<WriteLimit> {
     let n = settings.messages;
+    let connections = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1)
+        .max(2);
     let rows = parse_all(messages)?;
     let csv = encode_csv(&rows);
     let binary = encode_binary(&rows);
+    let parts: Vec<(Bytes, usize)> = rows
+        .chunks(rows.len().div_ceil(connections).max(1))
+        .map(|part| (encode_binary(part), part.len()))
+        .collect();
     drop(rows);
     checkpoint(&settings.admin_url).await;
     let csv_rate = copy(client, "csv", &csv, n).await?;
@@ -61,14 +76,39 @@ pub async fn write_limit(
     checkpoint(&settings.admin_url).await;
     let binary_rate = copy(client, "binary", &binary, n).await?;
     client.batch_execute("TRUNCATE system_metrics").await?;
+    drop((csv, binary));
+    checkpoint(&settings.admin_url).await;
+    let parallel_rate = parallel_copy(url, &parts, n).await?;
+    client.batch_execute("TRUNCATE system_metrics").await?;
     step(&format!(
-        "COPY csv {csv_rate:.0} rows/s, binary {binary_rate:.0} rows/s"
+        "COPY csv {csv_rate:.0} rows/s, binary {binary_rate:.0} rows/s, binary on {} connections at once {parallel_rate:.0} rows/s",
+        parts.len()
     ));
     Ok(WriteLimit {
         csv: csv_rate,
         binary: binary_rate,
         limit: csv_rate.max(binary_rate),
+        parallel: parallel_rate,
+        parallel_connections: parts.len(),
     })
+}
+
+/// One binary `COPY` of each part, each on a connection of its own, all at once; answers the
+/// rows/s of the whole, from the first `COPY` started to the last finished.
+async fn parallel_copy(url: &str, parts: &[(Bytes, usize)], rows: usize) -> anyhow::Result<f64> {
+    let mut clients = Vec::with_capacity(parts.len());
+    for _ in parts {
+        clients.push(crate::db::connect(url).await?);
+    }
+    let started = Instant::now();
+    let copies = clients
+        .iter()
+        .zip(parts)
+        .map(|(client, (data, part_rows))| copy(client, "binary", data, *part_rows));
+    for result in futures_util::future::join_all(copies).await {
+        result?;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
 fn parse_all(messages: &Messages) -> anyhow::Result<Vec<ValidMetric>> {

@@ -1,11 +1,17 @@
 //! The batch writer actor: the only code that writes rows.
 //!
 //! Accepts [`ValidChunk`] from the validator, [`Rebalanced`] from the consumer's rebalance
-//! callback, and [`Flush`] at shutdown. Buffers metrics until the batch holds `BATCH_MAX_ROWS`
-//! rows or its oldest row has waited `BATCH_MAX_WAIT_MS`, then stores the rows and the
+//! callback, and [`Flush`] at shutdown, for the partitions it owns (one of
+//! `WRITER_CONNECTIONS` writers, see [`crate::actors::writers`]). Stores the rows and the
 //! partitions' next offsets in one transaction, logs a `[METRIC]` line per row (capped), and
 //! tells the consumer ([`OffsetsStored`]) which offsets may be committed to Kafka. While a flush
 //! runs the mailbox is not drained: that is the backpressure.
+//!
+//! When to flush (group commit): as soon as the writer has nothing else to do, whatever the
+//! batch holds, so a row never waits for others at a low rate; while a flush runs, what arrives
+//! waits in the mailbox and makes the next batch. A batch is flushed at once when it reaches
+//! `BATCH_MAX_ROWS`; `BATCH_MAX_WAIT_MS` bounds a row's wait in the batch. With
+//! `BATCH_FLUSH_WHEN_IDLE=false` only those two triggers flush.
 //!
 //! Which rows are new and which offsets a flush moves is the [`Ledger`]'s to say; a flush
 //! writes in steps: [`Plan`] the writes, write each with retry ([`Link::write`]), and where the
@@ -27,7 +33,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::ValidMetric;
 use crate::log_limit::LogLimit;
 use crate::offsets::{Batch, Ledger, OffsetAdvance, Position};
-use crate::stats::{FlushReport, Stats, Trigger};
+use crate::stats::{ConnectionStats, FlushReport, Stats, Trigger};
 
 /// Where the writer writes: the database, how its round trips are bounded, and whose offsets
 /// are stored with the rows.
@@ -47,6 +53,10 @@ pub struct BatchWriter {
     ledger: Ledger<ValidMetric>,
     /// When the current batch got its first chunk; the time trigger measures from here.
     oldest: Option<Instant>,
+    /// Whether to flush as soon as the mailbox is empty (`BATCH_FLUSH_WHEN_IDLE`).
+    flush_when_idle: bool,
+    /// Whether such a flush is due.
+    idle_flush_due: bool,
     /// The writer's own connection, opened on the writer's thread at the first flush: COPY
     /// needs one that nothing else uses. `None` while a flush holds it or after it broke.
     client: Option<db::Writer>,
@@ -54,9 +64,12 @@ pub struct BatchWriter {
     on_stored: Recipient<OffsetsStored>,
     /// Where rows the database refuses go.
     dead_letters: DeadLetters,
-    /// Caps `[METRIC]` lines.
-    metric_log: LogLimit,
+    /// Caps `[METRIC]` lines; one budget for all writers.
+    metric_log: Arc<std::sync::Mutex<LogLimit>>,
+    /// The sums over all writers.
     stats: Arc<Stats>,
+    /// This writer's own figures.
+    connection: Arc<ConnectionStats>,
 }
 
 impl BatchWriter {
@@ -65,12 +78,18 @@ impl BatchWriter {
         target: Target,
         on_stored: Recipient<OffsetsStored>,
         dead_letters: DeadLetters,
+        metric_log: Arc<std::sync::Mutex<LogLimit>>,
         stats: Arc<Stats>,
+        connection: Arc<ConnectionStats>,
     ) -> BatchWriter {
         let max_rows = settings.max_rows as usize;
         let mailbox_capacity = settings.mailbox_capacity as usize;
         stats
             .writer
+            .capacity
+            .fetch_add(mailbox_capacity as u64, Ordering::Relaxed);
+        connection
+            .mailbox
             .capacity
             .store(mailbox_capacity as u64, Ordering::Relaxed);
         BatchWriter {
@@ -80,12 +99,46 @@ impl BatchWriter {
             target: Arc::new(target),
             ledger: Ledger::new(max_rows),
             oldest: None,
+            flush_when_idle: settings.flush_when_idle,
+            idle_flush_due: false,
             client: None,
             on_stored,
             dead_letters,
-            metric_log: LogLimit::new("[METRIC] lines", settings.metric_log_max_per_sec),
+            metric_log,
             stats,
+            connection,
         }
+    }
+
+    /// One more actor message handled.
+    fn count_handled(&self) {
+        self.stats.writer.handled.fetch_add(1, Ordering::Relaxed);
+        self.connection
+            .mailbox
+            .handled
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_buffered(&self) {
+        self.connection
+            .rows_buffered
+            .store(self.ledger.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Flushes once the mailbox is empty: actix handles every queued message before it polls
+    /// what the actor spawned, so the chunks that arrived during the last flush join the batch
+    /// first.
+    fn flush_once_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.idle_flush_due {
+            return;
+        }
+        self.idle_flush_due = true;
+        ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
+            act.idle_flush_due = false;
+            if act.oldest.is_some() {
+                ctx.wait(act.flush(Trigger::Idle));
+            }
+        }));
     }
 
     /// Takes the batch and stores it; the actor waits for it (see the module comment).
@@ -120,7 +173,10 @@ impl BatchWriter {
     ) {
         let stored_rows = batch.rows.len() - rejected.len();
         self.count_flush(stored_rows, took, trigger);
-        let allowed = self.metric_log.allow_many(stored_rows);
+        let allowed = match self.metric_log.lock() {
+            Ok(mut log) => log.allow_many(stored_rows),
+            Err(_) => 0,
+        };
         let logged = batch
             .rows
             .iter()
@@ -148,25 +204,29 @@ impl BatchWriter {
 
     fn count_flush(&self, stored_rows: usize, took: Duration, trigger: Trigger) {
         let stats = &self.stats;
-        stats
-            .rows_written
-            .fetch_add(stored_rows as u64, Ordering::Relaxed);
-        stats
-            .rows_buffered
-            .store(self.ledger.len() as u64, Ordering::Relaxed);
+        let connection = &self.connection;
+        for written in [&stats.rows_written, &connection.rows_written] {
+            written.fetch_add(stored_rows as u64, Ordering::Relaxed);
+        }
+        self.count_buffered();
         let counter = match trigger {
             Trigger::Size => &stats.flushes_by_size,
             Trigger::Time => &stats.flushes_by_time,
+            Trigger::Idle => &stats.flushes_when_idle,
             Trigger::Shutdown => &stats.flushes_on_shutdown,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = stats.last_flush.lock() {
-            *last = Some(FlushReport {
-                at: Utc::now(),
-                rows: stored_rows,
-                duration_ms: took.as_secs_f64() * 1000.0,
-                trigger,
-            });
+        connection.flushes.fetch_add(1, Ordering::Relaxed);
+        let report = FlushReport {
+            at: Utc::now(),
+            rows: stored_rows,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            trigger,
+        };
+        for last in [&stats.last_flush, &connection.last_flush] {
+            if let Ok(mut last) = last.lock() {
+                *last = Some(report.clone());
+            }
         }
     }
 }
@@ -460,7 +520,9 @@ impl Actor for BatchWriter {
         // The time trigger fires at most one tick late; a tick costs next to nothing.
         let tick = (self.max_wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(25));
         ctx.run_interval(tick, |act, ctx| {
-            act.metric_log.roll_window();
+            if let Ok(mut log) = act.metric_log.lock() {
+                log.roll_window();
+            }
             let due = act.oldest.is_some_and(|t| t.elapsed() >= act.max_wait);
             if due {
                 ctx.wait(act.flush(Trigger::Time));
@@ -472,12 +534,11 @@ impl Actor for BatchWriter {
 impl Handler<ValidChunk> for BatchWriter {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, chunk: ValidChunk, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, chunk: ValidChunk, ctx: &mut Self::Context) -> Self::Result {
         let stats = self.stats.clone();
-        stats
-            .writer
-            .records
-            .fetch_add(chunk.metrics.len() as u64, Ordering::Relaxed);
+        for records in [&stats.writer.records, &self.connection.mailbox.records] {
+            records.fetch_add(chunk.metrics.len() as u64, Ordering::Relaxed);
+        }
         let dropped = self
             .ledger
             .take(chunk.epoch, chunk.metrics, &chunk.next_offsets);
@@ -487,17 +548,17 @@ impl Handler<ValidChunk> for BatchWriter {
         if self.ledger.has_pending() {
             self.oldest.get_or_insert_with(Instant::now);
         }
-        stats
-            .rows_buffered
-            .store(self.ledger.len() as u64, Ordering::Relaxed);
+        self.count_buffered();
         if self.ledger.len() >= self.max_rows {
-            AtomicResponse::new(Box::pin(self.flush(Trigger::Size).map(
-                move |(), _act, _ctx| {
-                    stats.writer.handled.fetch_add(1, Ordering::Relaxed);
-                },
-            )))
+            AtomicResponse::new(Box::pin(
+                self.flush(Trigger::Size)
+                    .map(move |(), act, _ctx| act.count_handled()),
+            ))
         } else {
-            stats.writer.handled.fetch_add(1, Ordering::Relaxed);
+            if self.flush_when_idle && self.oldest.is_some() {
+                self.flush_once_idle(ctx);
+            }
+            self.count_handled();
             AtomicResponse::new(Box::pin(fut::ready(())))
         }
     }
@@ -519,9 +580,7 @@ impl Handler<Rebalanced> for BatchWriter {
                 self.stats
                     .stale_rows_dropped
                     .fetch_add(dropped as u64, Ordering::Relaxed);
-                self.stats
-                    .rows_buffered
-                    .store(self.ledger.len() as u64, Ordering::Relaxed);
+                self.count_buffered();
             }
         }
     }

@@ -2,10 +2,11 @@
 //!
 //! Owns the rdkafka consumer (a member of `KAFKA_GROUP_ID`, subscribed to `KAFKA_TOPIC`) and a
 //! task that reads records into [`RawChunk`]s and sends them to the validator. Accepts
-//! [`OffsetsStored`] from the batch writer, and commits those offsets to Kafka, and [`Stop`],
+//! [`OffsetsStored`] from the batch writers, and commits those offsets to Kafka, and [`Stop`],
 //! which ends the read task, drains the pipeline and makes a last synchronous commit. Its
 //! rebalance callback resumes newly assigned partitions at the offsets stored with the rows
-//! ([`StoredOffsets`]) and tells the writer what changed hands ([`Rebalanced`]).
+//! ([`StoredOffsets`]) and tells the writers what changed hands ([`Writers::assigned`],
+//! [`Writers::revoked`], which send each writer its `Rebalanced`).
 //!
 //! The read task runs beside the actor rather than inside it because awaiting the next
 //! record inside the actor would keep it from handling commits.
@@ -30,7 +31,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Rebalanced, Stop};
+use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Stop};
+use crate::actors::writers::Writers;
 use crate::config::KafkaSettings;
 use crate::log_limit::LogLimit;
 use crate::offsets::{Epoch, Position, StoredOffsets};
@@ -121,8 +123,9 @@ pub struct ConsumerEvents {
     stored_offsets: Box<dyn StoredOffsets>,
     /// Whether "Kafka consumer connected" was logged already.
     joined: AtomicBool,
-    /// Told of assignments and revocations, before any record of theirs is read.
-    owner: Recipient<Rebalanced>,
+    /// The batch writers, told of assignments and revocations before any record of theirs is
+    /// read.
+    writers: Arc<Writers>,
     /// Counts rebalances; chunks carry the count their records were polled under
     /// ([`Epoch`]).
     epoch: AtomicU64,
@@ -132,7 +135,7 @@ impl ConsumerEvents {
     pub fn new(
         settings: &KafkaSettings,
         stored_offsets: Box<dyn StoredOffsets>,
-        owner: Recipient<Rebalanced>,
+        writers: Arc<Writers>,
         stats: Arc<Stats>,
     ) -> ConsumerEvents {
         ConsumerEvents {
@@ -141,7 +144,7 @@ impl ConsumerEvents {
             topic: settings.topic.clone(),
             stored_offsets,
             joined: AtomicBool::new(false),
-            owner,
+            writers,
             epoch: AtomicU64::new(0),
         }
     }
@@ -242,10 +245,7 @@ impl ConsumerContext for ConsumerEvents {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let stored = self.assign_from_database(list);
                 // Before any record of these partitions can reach the writer.
-                self.owner.do_send(Rebalanced::Assigned {
-                    epoch,
-                    partitions: stored,
-                });
+                self.writers.assigned(epoch, stored);
                 let result = if cooperative {
                     consumer.incremental_assign(list)
                 } else {
@@ -257,9 +257,7 @@ impl ConsumerContext for ConsumerEvents {
                 self.post_rebalance(consumer, &Rebalance::Assign(list));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.owner.do_send(Rebalanced::Revoked {
-                    partitions: self.partitions(list),
-                });
+                self.writers.revoked(&self.partitions(list));
                 let result = if cooperative {
                     consumer.incremental_unassign(list)
                 } else {

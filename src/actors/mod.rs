@@ -9,3 +9,4 @@ pub mod batch_writer;
 pub mod kafka_consumer;
 pub mod messages;
 pub mod validator;
+pub mod writers;

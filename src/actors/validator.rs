@@ -3,8 +3,9 @@
 //! Accepts [`RawChunk`] from the consumer and [`Drain`] at shutdown. Parses and checks every
 //! record of a chunk, logs, counts and dead-letters each rejected one, and, once the broker has
 //! acknowledged the dead letters, sends the valid metrics with the offsets the chunk covers as
-//! one [`ValidChunk`] to the [`BatchWriter`]. It owns no data between chunks: the next chunk
-//! is taken only once this one is in the writer's mailbox.
+//! [`ValidChunk`]s to the batch writers, one to each writer owning a partition of the chunk
+//! ([`Writers::route`]). It owns no data between chunks: the next chunk is taken only once
+//! this one is in the writers' mailboxes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::actors::messages::{Drain, Flush, RawChunk, ValidChunk};
+use crate::actors::messages::{Drain, RawChunk, ValidChunk};
+use crate::actors::writers::Writers;
 use crate::config::ValidatorSettings;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::{Rejection, Rules, ValidMetric};
@@ -20,21 +22,13 @@ use crate::log_limit::LogLimit;
 use crate::offsets::Position;
 use crate::stats::{Stats, Trigger};
 
-/// Where the validator sends what it validated: the batch writer.
-pub struct ValidatorOutput {
-    pub chunks: Recipient<ValidChunk>,
-    pub flush: Recipient<Flush>,
-}
-
 pub struct Validator {
     /// The checks beyond the message's shape.
     rules: Rules,
-    /// Where valid metrics go. Shared rather than cloned per chunk: an actix address counts
-    /// the mailbox's capacity against each of its copies (a fresh copy may always queue one
-    /// more), so only the same copy is held to it.
-    writer: Arc<Recipient<ValidChunk>>,
-    /// Asked to flush at shutdown.
-    flush: Recipient<Flush>,
+    /// Where valid metrics go, and who is asked to flush at shutdown. Shared rather than
+    /// cloned per chunk: an actix address counts the mailbox's capacity against each of its
+    /// copies (a fresh copy may always queue one more), so only the same copy is held to it.
+    writers: Arc<Writers>,
     /// Where rejected records go before their offsets may be stored.
     dead_letters: DeadLetters,
     /// Shared counters for `/status`.
@@ -49,7 +43,7 @@ impl Validator {
     pub fn new(
         settings: &ValidatorSettings,
         max_age_ms: Option<i64>,
-        output: ValidatorOutput,
+        writers: Arc<Writers>,
         dead_letters: DeadLetters,
         stats: Arc<Stats>,
     ) -> Validator {
@@ -63,8 +57,7 @@ impl Validator {
                 max_future_skew_ms: settings.max_future_skew_ms,
                 max_age_ms,
             },
-            writer: Arc::new(output.chunks),
-            flush: output.flush,
+            writers,
             dead_letters,
             stats,
             rejection_log: LogLimit::new(
@@ -124,7 +117,7 @@ impl Handler<RawChunk> for Validator {
             .validator
             .records
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        let writer = self.writer.clone();
+        let writers = self.writers.clone();
         let dead_letters = self.dead_letters.clone();
         let stats = self.stats.clone();
         // Atomic: the next chunk waits until this one is in the writer's mailbox, which keeps
@@ -153,18 +146,26 @@ impl Handler<RawChunk> for Validator {
                         .fetch_add(letters.len() as u64, Ordering::Relaxed);
                 }
                 drop(chunk);
-                stats.writer.enqueued.fetch_add(1, Ordering::Relaxed);
-                // Queued without waiting for the writer to handle it, so that parsing the next
-                // chunk overlaps the writer's flush. A full mailbox parks this copy of the
-                // address: the chunk is then queued by `send`, which waits until the writer has
-                // taken it, so the mailbox holds at most its capacity and two.
-                let queued = match writer.try_send(valid) {
-                    Ok(()) => true,
-                    Err(SendError::Full(valid)) => writer.send(valid).await.is_ok(),
-                    Err(SendError::Closed(_)) => false,
-                };
-                if !queued {
-                    log::error!("batch writer stopped; chunk not stored and not acknowledged");
+                let (parts, unowned) = writers.route(valid);
+                stats
+                    .stale_rows_dropped
+                    .fetch_add(unowned as u64, Ordering::Relaxed);
+                for (writer, part) in parts {
+                    let inbox = writers.inbox(writer);
+                    stats.writer.enqueued.fetch_add(1, Ordering::Relaxed);
+                    inbox.stats.mailbox.enqueued.fetch_add(1, Ordering::Relaxed);
+                    // Queued without waiting for the writer to handle it, so that parsing the
+                    // next chunk overlaps the writer's flush. A full mailbox parks this copy of
+                    // the address: the chunk is then queued by `send`, which waits until the
+                    // writer has taken it, so the mailbox holds at most its capacity and two.
+                    let queued = match inbox.chunks.try_send(part) {
+                        Ok(()) => true,
+                        Err(SendError::Full(part)) => inbox.chunks.send(part).await.is_ok(),
+                        Err(SendError::Closed(_)) => false,
+                    };
+                    if !queued {
+                        log::error!("batch writer stopped; chunk not stored and not acknowledged");
+                    }
                 }
                 stats.validator.handled.fetch_add(1, Ordering::Relaxed);
             }
@@ -178,15 +179,9 @@ impl Handler<Drain> for Validator {
 
     fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
         self.rejection_log.roll_window();
-        let flush = self.flush.clone();
+        let writers = self.writers.clone();
         AtomicResponse::new(Box::pin(
-            async move {
-                flush
-                    .send(Flush(Trigger::Shutdown))
-                    .await
-                    .unwrap_or_default()
-            }
-            .into_actor(self),
+            async move { writers.flush_all(Trigger::Shutdown).await }.into_actor(self),
         ))
     }
 }

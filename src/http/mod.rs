@@ -143,7 +143,16 @@ fn backpressure(stats: &Stats) -> (&'static str, String) {
             "validator mailbox full: consumer paused its partitions".into(),
         );
     }
-    for (name, actor) in [("writer", &stats.writer), ("validator", &stats.validator)] {
+    let connections = stats.connections();
+    let writers = connections.iter().enumerate().map(|(index, connection)| {
+        let name = match connections.len() {
+            1 => "writer".to_owned(),
+            _ => format!("writer {index}"),
+        };
+        (name, &connection.mailbox)
+    });
+    let validator = std::iter::once(("validator".to_owned(), &stats.validator));
+    for (name, actor) in writers.chain(validator) {
         let capacity = actor.capacity.load(Ordering::Relaxed);
         let depth = actor.mailbox_depth();
         if capacity > 0 && depth * 2 >= capacity {
@@ -204,7 +213,7 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
         },
         "writer": {
             "actor": ActorReport::new(&stats.writer, writer_rates),
-            "rows_buffered": stats.rows_buffered.load(Ordering::Relaxed),
+            "rows_buffered": stats.rows_buffered(),
             "rows_written": stats.rows_written.load(Ordering::Relaxed),
             "duplicates_skipped": stats.duplicates_skipped.load(Ordering::Relaxed),
             "stale_rows_dropped": stats.stale_rows_dropped.load(Ordering::Relaxed),
@@ -212,8 +221,20 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
             "flushes": {
                 "size": stats.flushes_by_size.load(Ordering::Relaxed),
                 "time": stats.flushes_by_time.load(Ordering::Relaxed),
+                "idle": stats.flushes_when_idle.load(Ordering::Relaxed),
                 "shutdown": stats.flushes_on_shutdown.load(Ordering::Relaxed),
             },
+            "connections": stats.connections().iter().enumerate().map(|(index, c)| json!({
+                "connection": index,
+                "partitions": c.partitions.lock().map(|p| p.clone()).unwrap_or_default(),
+                "mailbox_depth": c.mailbox.mailbox_depth(),
+                "mailbox_capacity": c.mailbox.capacity.load(Ordering::Relaxed),
+                "records": c.mailbox.records.load(Ordering::Relaxed),
+                "rows_buffered": c.rows_buffered.load(Ordering::Relaxed),
+                "rows_written": c.rows_written.load(Ordering::Relaxed),
+                "flushes": c.flushes.load(Ordering::Relaxed),
+                "last_flush": c.last_flush.lock().ok().and_then(|f| f.clone()),
+            })).collect::<Vec<_>>(),
         },
         "database": {
             "connected": stats.database_connected.load(Ordering::Relaxed),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use actix_web::{HttpResponse, web};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
-use crate::stats::{ActorStats, PartitionReport, Stats};
+use crate::stats::{ActorStats, ConnectionStats, PartitionReport, Stats};
 
 /// How Prometheus is told to read a family.
 #[derive(Debug, Clone, Copy)]
@@ -129,10 +129,45 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "rows_buffered",
-        help: "Rows waiting in the writer's batch",
+        help: "Rows waiting in the writers' batches",
         kind: Kind::Gauge,
         labels: &[],
-        read: |s| single(s.rows_buffered.load(Ordering::Relaxed) as f64),
+        read: |s| single(s.rows_buffered() as f64),
+    },
+    Family {
+        name: "writer_connection_rows_buffered",
+        help: "Rows waiting in the batch, per writer connection",
+        kind: Kind::Gauge,
+        labels: &["connection"],
+        read: |s| per_connection(s, |c| c.rows_buffered.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "writer_connection_rows_written_total",
+        help: "Rows stored, per writer connection",
+        kind: Kind::Counter,
+        labels: &["connection"],
+        read: |s| per_connection(s, |c| c.rows_written.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "writer_connection_flushes_total",
+        help: "Batches written, per writer connection",
+        kind: Kind::Counter,
+        labels: &["connection"],
+        read: |s| per_connection(s, |c| c.flushes.load(Ordering::Relaxed)),
+    },
+    Family {
+        name: "writer_connection_mailbox_depth",
+        help: "Chunks waiting in the mailbox, per writer connection",
+        kind: Kind::Gauge,
+        labels: &["connection"],
+        read: |s| per_connection(s, |c| c.mailbox.mailbox_depth()),
+    },
+    Family {
+        name: "writer_connection_partitions",
+        help: "Partitions owned, per writer connection",
+        kind: Kind::Gauge,
+        labels: &["connection"],
+        read: |s| per_connection(s, |c| c.partitions.lock().map_or(0, |p| p.len() as u64)),
     },
     Family {
         name: "flushes_total",
@@ -143,6 +178,7 @@ const FAMILIES: &[Family] = &[
             [
                 ("size", &s.flushes_by_size),
                 ("time", &s.flushes_by_time),
+                ("idle", &s.flushes_when_idle),
                 ("shutdown", &s.flushes_on_shutdown),
             ]
             .map(|(trigger, count)| (vec![trigger.into()], count.load(Ordering::Relaxed) as f64))
@@ -213,6 +249,16 @@ fn per_actor(stats: &Stats, read: fn(&ActorStats) -> u64) -> Vec<Sample> {
         .into_iter()
         .zip([&stats.consumer, &stats.validator, &stats.writer])
         .map(|(name, actor)| (vec![name.to_owned()], read(actor) as f64))
+        .collect()
+}
+
+/// One sample per writer connection, labelled with its number.
+fn per_connection(stats: &Stats, read: fn(&ConnectionStats) -> u64) -> Vec<Sample> {
+    stats
+        .connections()
+        .iter()
+        .enumerate()
+        .map(|(index, c)| (vec![index.to_string()], read(c) as f64))
         .collect()
 }
 
@@ -293,10 +339,21 @@ mod tests {
         stats.count_rejection(Reason::TooOld);
         stats.dead_lettered.store(3, Ordering::Relaxed);
         stats.duplicates_skipped.store(4, Ordering::Relaxed);
-        stats.rows_buffered.store(17, Ordering::Relaxed);
+        for (buffered, written, flushes, partitions) in
+            [(10, 700, 7, vec![0, 12]), (7, 490, 5, vec![1])]
+        {
+            let connection = stats.add_connection();
+            connection.rows_buffered.store(buffered, Ordering::Relaxed);
+            connection.rows_written.store(written, Ordering::Relaxed);
+            connection.flushes.store(flushes, Ordering::Relaxed);
+            connection.mailbox.enqueued.store(3, Ordering::Relaxed);
+            connection.mailbox.handled.store(2, Ordering::Relaxed);
+            *connection.partitions.lock().unwrap() = partitions;
+        }
         stats.rows_written.store(1190, Ordering::Relaxed);
         stats.flushes_by_size.store(5, Ordering::Relaxed);
         stats.flushes_by_time.store(6, Ordering::Relaxed);
+        stats.flushes_when_idle.store(2, Ordering::Relaxed);
         stats.flushes_on_shutdown.store(1, Ordering::Relaxed);
         *stats.last_flush.lock().unwrap() = Some(FlushReport {
             at: chrono::Utc::now(),
@@ -364,6 +421,7 @@ panopticon_errors_total{actor="validator"} 0
 panopticon_errors_total{actor="writer"} 2
 # HELP panopticon_flushes_total Batches written, by trigger
 # TYPE panopticon_flushes_total counter
+panopticon_flushes_total{trigger="idle"} 2
 panopticon_flushes_total{trigger="shutdown"} 1
 panopticon_flushes_total{trigger="size"} 5
 panopticon_flushes_total{trigger="time"} 6
@@ -426,11 +484,31 @@ panopticon_records_per_second{actor="writer",window="1m"} 0
 panopticon_records_total{actor="consumer"} 1234
 panopticon_records_total{actor="validator"} 1200
 panopticon_records_total{actor="writer"} 1190
-# HELP panopticon_rows_buffered Rows waiting in the writer's batch
+# HELP panopticon_rows_buffered Rows waiting in the writers' batches
 # TYPE panopticon_rows_buffered gauge
 panopticon_rows_buffered 17
 # HELP panopticon_rows_written_total Rows committed to the database
 # TYPE panopticon_rows_written_total counter
 panopticon_rows_written_total 1190
+# HELP panopticon_writer_connection_flushes_total Batches written, per writer connection
+# TYPE panopticon_writer_connection_flushes_total counter
+panopticon_writer_connection_flushes_total{connection="0"} 7
+panopticon_writer_connection_flushes_total{connection="1"} 5
+# HELP panopticon_writer_connection_mailbox_depth Chunks waiting in the mailbox, per writer connection
+# TYPE panopticon_writer_connection_mailbox_depth gauge
+panopticon_writer_connection_mailbox_depth{connection="0"} 1
+panopticon_writer_connection_mailbox_depth{connection="1"} 1
+# HELP panopticon_writer_connection_partitions Partitions owned, per writer connection
+# TYPE panopticon_writer_connection_partitions gauge
+panopticon_writer_connection_partitions{connection="0"} 2
+panopticon_writer_connection_partitions{connection="1"} 1
+# HELP panopticon_writer_connection_rows_buffered Rows waiting in the batch, per writer connection
+# TYPE panopticon_writer_connection_rows_buffered gauge
+panopticon_writer_connection_rows_buffered{connection="0"} 10
+panopticon_writer_connection_rows_buffered{connection="1"} 7
+# HELP panopticon_writer_connection_rows_written_total Rows stored, per writer connection
+# TYPE panopticon_writer_connection_rows_written_total counter
+panopticon_writer_connection_rows_written_total{connection="0"} 700
+panopticon_writer_connection_rows_written_total{connection="1"} 490
 "#;
 }
