@@ -1,7 +1,10 @@
 //! Phase 3a and 3b: the limits on either side of the service. The write limit is one `COPY` of
 //! the same N rows, CSV and binary, pre-encoded, into a fresh table made by the same
-//! migrations, and the rows split over one binary `COPY` a CPU, run at once on as many
-//! connections (what the database takes with every core writing); the read limit is an rdkafka consumer that only reads the topic and touches each
+//! migrations, and the rows split over one connection a CPU, all writing at once, each its
+//! share in binary `COPY`s of `PARALLEL_SLICE_ROWS` (what the database takes with every core
+//! writing: in slices because on a hypertable the transaction that creates a chunk holds a
+//! lock every other writer into that chunk waits for, so two whole-share `COPY`s run one after
+//! the other); the read limit is an rdkafka consumer that only reads the topic and touches each
 //! payload.
 
 use std::time::{Duration, Instant};
@@ -22,6 +25,9 @@ use crate::sampling::proc_ticks;
 use crate::settings::Settings;
 use crate::{now_ms, rounded, rounded3, step, within};
 
+/// Rows a `COPY` of the parallel reference.
+const PARALLEL_SLICE_ROWS: usize = 10_000;
+
 /// The report's `write_limit`, rounded there.
 #[derive(Serialize)]
 pub struct WriteLimit {
@@ -32,7 +38,7 @@ pub struct WriteLimit {
     /// The faster of the two.
     #[serde(rename = "limit_rows_per_s", serialize_with = "rounded")]
     pub limit: f64,
-    /// The rows split over `parallel_connections` binary `COPY`s at once.
+    /// The rows split over `parallel_connections` connections writing at once.
     #[serde(rename = "parallel_copy_binary_rows_per_s", serialize_with = "rounded")]
     pub parallel: f64,
     pub parallel_connections: usize,
@@ -65,9 +71,13 @@ pub async fn write_limit(
     let rows = parse_all(messages)?;
     let csv = encode_csv(&rows);
     let binary = encode_binary(&rows);
-    let parts: Vec<(Bytes, usize)> = rows
+    let parts: Vec<Vec<(Bytes, usize)>> = rows
         .chunks(rows.len().div_ceil(connections).max(1))
-        .map(|part| (encode_binary(part), part.len()))
+        .map(|part| {
+            part.chunks(PARALLEL_SLICE_ROWS)
+                .map(|slice| (encode_binary(slice), slice.len()))
+                .collect()
+        })
         .collect();
     drop(rows);
     checkpoint(&settings.admin_url).await;
@@ -93,9 +103,13 @@ pub async fn write_limit(
     })
 }
 
-/// One binary `COPY` of each part, each on a connection of its own, all at once; answers the
-/// rows/s of the whole, from the first `COPY` started to the last finished.
-async fn parallel_copy(url: &str, parts: &[(Bytes, usize)], rows: usize) -> anyhow::Result<f64> {
+/// Each part on a connection of its own, all at once, each slice of a part one binary `COPY`;
+/// answers the rows/s of the whole, from the first `COPY` started to the last finished.
+async fn parallel_copy(
+    url: &str,
+    parts: &[Vec<(Bytes, usize)>],
+    rows: usize,
+) -> anyhow::Result<f64> {
     let mut clients = Vec::with_capacity(parts.len());
     for _ in parts {
         clients.push(crate::db::connect(url).await?);
@@ -104,7 +118,12 @@ async fn parallel_copy(url: &str, parts: &[(Bytes, usize)], rows: usize) -> anyh
     let copies = clients
         .iter()
         .zip(parts)
-        .map(|(client, (data, part_rows))| copy(client, "binary", data, *part_rows));
+        .map(|(client, slices)| async move {
+            for (data, slice_rows) in slices {
+                copy(client, "binary", data, *slice_rows).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
     for result in futures_util::future::join_all(copies).await {
         result?;
     }
