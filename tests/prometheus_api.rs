@@ -1201,3 +1201,54 @@ async fn any_query_string_gets_an_answer_or_a_json_error() {
     }
     assert!(answered > 0, "some inputs are valid queries");
 }
+
+#[actix_web::test]
+async fn every_query_of_the_provisioned_grafana_dashboard_is_answered() {
+    let s = seeded().await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/dashboards");
+    let mut queries = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("docker/grafana/dashboards") {
+        let path = entry.unwrap().path();
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                queries.push(target["expr"].as_str().unwrap().to_owned());
+            }
+        }
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            // label_values(selector, label): what Grafana asks /label/<label>/values.
+            let q = variable["query"]["query"].as_str().unwrap();
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .unwrap();
+            let (selector, label) = inner.rsplit_once(',').unwrap();
+            let path = format!(
+                "/prometheus/api/v1/label/{}/values?match[]={}&start={}&end={}",
+                label.trim(),
+                enc(&selector.replace("$namespace", ".*")),
+                s.base / 1000,
+                s.base / 1000 + 1200
+            );
+            let (status, body) = get(&s.state, &path).await;
+            assert_eq!(status, 200, "{q}: {body}");
+            assert!(!body["data"].as_array().unwrap().is_empty(), "{q}: {body}");
+        }
+    }
+    assert!(queries.len() >= 6);
+    for query in queries {
+        let expr = query.replace("$namespace", ".*").replace("$service", ".*");
+        let path = format!(
+            "/prometheus/api/v1/query_range?query={}&start={}&end={}&step=60",
+            enc(&expr),
+            s.base / 1000,
+            s.base / 1000 + 1200
+        );
+        let (status, body) = get(&s.state, &path).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert!(
+            !body["data"]["result"].as_array().unwrap().is_empty(),
+            "{query}: {body}"
+        );
+    }
+}
