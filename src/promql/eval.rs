@@ -48,7 +48,10 @@ fn eval<'a>(
                 let mut out = Vec::new();
                 for metric in &selector.metrics {
                     let budget = limits.max_samples.saturating_sub(out.len() * steps.n);
-                    out.extend(sql::instant(pool, *metric, selector, steps, budget).await?);
+                    out.extend(
+                        sql::leaf(pool, *metric, sql::Leaf::Instant(selector), steps, budget)
+                            .await?,
+                    );
                     check(&out, steps, limits)?;
                 }
                 Ok(Value::Vector(out))
@@ -61,10 +64,12 @@ fn eval<'a>(
                 let mut out = Vec::new();
                 for metric in &selector.metrics {
                     let budget = limits.max_samples.saturating_sub(out.len() * steps.n);
-                    out.extend(
-                        sql::over_time(pool, *metric, *func, selector, *range_ms, steps, budget)
-                            .await?,
-                    );
+                    let leaf = sql::Leaf::OverTime {
+                        func: *func,
+                        selector,
+                        range_ms: *range_ms,
+                    };
+                    out.extend(sql::leaf(pool, *metric, leaf, steps, budget).await?);
                     check(&out, steps, limits)?;
                 }
                 // last_over_time keeps the name; `unique` catches the two metrics colliding
@@ -92,6 +97,11 @@ fn eval<'a>(
                 param,
                 expr,
             } => {
+                if let Some(aggregation) = pushdown(*op, grouping, expr) {
+                    let out = sql::aggregate(pool, &aggregation, steps, limits.max_samples).await?;
+                    check(&out, steps, limits)?;
+                    return Ok(Value::Vector(out));
+                }
                 let param = match param {
                     Some(p) => match eval(pool, p, steps, limits).await? {
                         Value::Scalar(v) => Some(v),
@@ -128,6 +138,74 @@ fn eval<'a>(
                 Ok(out)
             }
         }
+    })
+}
+
+/// What the database can aggregate itself: sum, avg, min, max and count of a leaf of one
+/// metric, grouped by label columns (and `job`, the same on every series).
+fn pushdown<'a>(
+    op: AggregateOp,
+    grouping: &Grouping,
+    expr: &'a Plan,
+) -> Option<sql::Aggregation<'a>> {
+    let op = match op {
+        AggregateOp::Sum => sql::SqlAggregate::Sum,
+        AggregateOp::Avg => sql::SqlAggregate::Avg,
+        AggregateOp::Min => sql::SqlAggregate::Min,
+        AggregateOp::Max => sql::SqlAggregate::Max,
+        AggregateOp::Count => sql::SqlAggregate::Count,
+        _ => return None,
+    };
+    let (leaf, selector) = match expr {
+        Plan::Selector(selector) => (sql::Leaf::Instant(selector), selector),
+        Plan::OverTime {
+            func,
+            selector,
+            range_ms,
+        } => (
+            sql::Leaf::OverTime {
+                func: *func,
+                selector,
+                range_ms: *range_ms,
+            },
+            selector,
+        ),
+        _ => return None,
+    };
+    let [metric] = selector.metrics[..] else {
+        return None;
+    };
+    let columns = super::LABEL_COLUMNS;
+    let (by, keep_job): (Vec<&'static str>, bool) = match grouping {
+        Grouping::By(labels) => {
+            // A label that is not a column (the name, or one no series has) is left to the
+            // evaluation here.
+            let mut by = Vec::new();
+            let mut keep_job = false;
+            for label in labels {
+                match super::label_column(label) {
+                    Some(column) => by.push(column),
+                    None if label == "job" => keep_job = true,
+                    None => return None,
+                }
+            }
+            (by, keep_job)
+        }
+        Grouping::Without(labels) => (
+            columns
+                .iter()
+                .filter(|(label, _)| !labels.iter().any(|l| l == label))
+                .map(|(_, column)| *column)
+                .collect(),
+            !labels.iter().any(|l| l == "job"),
+        ),
+    };
+    Some(sql::Aggregation {
+        metric,
+        leaf,
+        op,
+        by,
+        keep_job,
     })
 }
 

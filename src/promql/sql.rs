@@ -188,25 +188,58 @@ fn step_of(ms: &str, start: &str, step: &str) -> String {
 
 const MS: &str = "(extract(epoch FROM time) * 1000)";
 
+/// What a leaf of a plan reads: a selector or a `*_over_time` of one metric.
+#[derive(Debug, Clone, Copy)]
+pub enum Leaf<'a> {
+    Instant(&'a Selector),
+    OverTime {
+        func: OverTime,
+        selector: &'a Selector,
+        range_ms: i64,
+    },
+}
+
+impl Leaf<'_> {
+    /// Whether the leaf's series keep their metric name (`last_over_time` does, as in
+    /// Prometheus; the other functions drop it).
+    fn keeps_name(self) -> bool {
+        match self {
+            Leaf::Instant(_) => true,
+            Leaf::OverTime { func, .. } => func == OverTime::Last,
+        }
+    }
+
+    /// The statement giving one row per series and step at which the leaf's value changes:
+    /// its labels, `i`, `imax` (the last step it holds for) and `v`; no order, no limit.
+    fn sql(self, params: &mut Params, metric: Metric, steps: Steps) -> Result<String, PromError> {
+        match self {
+            Leaf::Instant(selector) => instant_sql(params, metric, selector, steps),
+            Leaf::OverTime {
+                func,
+                selector,
+                range_ms,
+            } => over_time_sql(params, metric, func, selector, range_ms, steps),
+        }
+    }
+}
+
 /// An instant vector selector of `metric` at each step: the newest sample of each series
 /// within the lookback. The database keeps one row per series and step at which a newer
-/// sample appears; the steps after it, while its sample is within the lookback and no newer
-/// one has come, are filled here.
-pub async fn instant(
-    pool: &DbPool,
+/// sample appears; the row holds for the steps after it while its sample is within the
+/// lookback and no newer one has come.
+fn instant_sql(
+    params: &mut Params,
     metric: Metric,
     selector: &Selector,
     steps: Steps,
-    limit: usize,
-) -> Result<Vec<Series>, PromError> {
+) -> Result<String, PromError> {
     let start_ms = steps.start_ms - selector.offset_ms;
     let last_ms = steps.last_ms() - selector.offset_ms;
-    let mut params = Params::default();
     let start = params.add(Bind::BigInt(start_ms));
     let step = params.add(Bind::BigInt(steps.step_ms));
     let lookback = params.add(Bind::BigInt(LOOKBACK_MS));
-    let conditions = conditions(&mut params, selector, start_ms - LOOKBACK_MS, last_ms)?;
-    let sql = format!(
+    let conditions = conditions(params, selector, start_ms - LOOKBACK_MS, last_ms)?;
+    Ok(format!(
         "SELECT service, pod_name, namespace, node_name, i,
                 ({imax} - 1)::int8 AS imax,
                 (array_agg(v ORDER BY time DESC))[1]::float8 AS v
@@ -214,9 +247,7 @@ pub async fn instant(
                       greatest({first}, 0)::int8 AS i
                FROM system_metrics
                WHERE {conditions}) r
-         GROUP BY service, pod_name, namespace, node_name, i
-         ORDER BY service, pod_name, namespace, node_name, i
-         LIMIT {limit}",
+         GROUP BY service, pod_name, namespace, node_name, i",
         imax = step_of(
             &format!("(extract(epoch FROM max(time)) * 1000 + {lookback}::numeric)"),
             &start,
@@ -224,26 +255,21 @@ pub async fn instant(
         ),
         column = metric.column(),
         first = step_of(MS, &start, &step),
-        limit = params.add(Bind::BigInt(limit as i64 + 1)),
-    );
-    let rows = load(pool, params, sql, limit).await?;
-    Ok(fill(metric, true, rows, steps.n))
+    ))
 }
 
 /// `<func>_over_time(selector[range])` of `metric` at each step, computed by the database:
 /// each sample is counted at every step whose window `(t − range, t]` holds it.
-pub async fn over_time(
-    pool: &DbPool,
+fn over_time_sql(
+    params: &mut Params,
     metric: Metric,
     func: OverTime,
     selector: &Selector,
     range_ms: i64,
     steps: Steps,
-    limit: usize,
-) -> Result<Vec<Series>, PromError> {
+) -> Result<String, PromError> {
     let start_ms = steps.start_ms - selector.offset_ms;
     let last_ms = steps.last_ms() - selector.offset_ms;
-    let mut params = Params::default();
     let start = params.add(Bind::BigInt(start_ms));
     let step = params.add(Bind::BigInt(steps.step_ms));
     let range = params.add(Bind::BigInt(range_ms));
@@ -256,43 +282,137 @@ pub async fn over_time(
         OverTime::Last => "(array_agg(v ORDER BY time DESC))[1]".to_owned(),
         OverTime::Quantile(q) => {
             // Prometheus answers −Inf below 0, +Inf above 1, NaN for NaN; PostgreSQL would
-            // refuse those, so it is given a valid φ and the answer replaced.
+            // refuse those, so they are written as constants.
             let q = q.0;
-            let clamped = params.add(Bind::Double(if q.is_nan() {
-                0.5
-            } else {
-                q.clamp(0.0, 1.0)
-            }));
-            let answer = if q.is_nan() {
+            if q.is_nan() {
                 "'NaN'::float8".to_owned()
             } else if q < 0.0 {
                 "'-Infinity'::float8".to_owned()
             } else if q > 1.0 {
                 "'Infinity'::float8".to_owned()
             } else {
-                format!("percentile_cont({clamped}::float8) WITHIN GROUP (ORDER BY v)")
-            };
-            format!("(CASE WHEN count(*) > 0 THEN {answer} END)")
+                let q = params.add(Bind::Double(q));
+                format!("percentile_cont({q}::float8) WITHIN GROUP (ORDER BY v)")
+            }
         }
     };
-    let conditions = conditions(&mut params, selector, start_ms - range_ms, last_ms)?;
-    let sql = format!(
+    let conditions = conditions(params, selector, start_ms - range_ms, last_ms)?;
+    Ok(format!(
         "SELECT service, pod_name, namespace, node_name, i, i AS imax, ({aggregate})::float8 AS v
          FROM (SELECT time, service, pod_name, namespace, node_name, {column} AS v,
                       generate_series(greatest({first}, 0)::int8,
                                       least({last} - 1, {n}::numeric - 1)::int8) AS i
                FROM system_metrics
                WHERE {conditions}) r
-         GROUP BY service, pod_name, namespace, node_name, i
-         ORDER BY service, pod_name, namespace, node_name, i
-         LIMIT {limit}",
+         GROUP BY service, pod_name, namespace, node_name, i",
         column = metric.column(),
         first = step_of(MS, &start, &step),
         last = step_of(&format!("({MS} + {range}::numeric)"), &start, &step),
+    ))
+}
+
+/// The leaf's series of `metric` at each step.
+pub async fn leaf(
+    pool: &DbPool,
+    metric: Metric,
+    leaf: Leaf<'_>,
+    steps: Steps,
+    limit: usize,
+) -> Result<Vec<Series>, PromError> {
+    let mut params = Params::default();
+    let inner = leaf.sql(&mut params, metric, steps)?;
+    let sql = format!(
+        "{inner}
+         ORDER BY 1, 2, 3, 4, 5
+         LIMIT {limit}",
         limit = params.add(Bind::BigInt(limit as i64 + 1)),
     );
     let rows = load(pool, params, sql, limit).await?;
-    Ok(fill(metric, func == OverTime::Last, rows, steps.n))
+    Ok(fill(metric, leaf.keeps_name(), rows, steps.n))
+}
+
+/// An aggregation the database computes over a leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlAggregate {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+}
+
+/// `op by (labels) (leaf)` over one metric, for the database to compute.
+#[derive(Debug, Clone)]
+pub struct Aggregation<'a> {
+    pub metric: Metric,
+    pub leaf: Leaf<'a>,
+    pub op: SqlAggregate,
+    /// The label columns grouped by, a subset of [`super::LABEL_COLUMNS`].
+    pub by: Vec<&'static str>,
+    /// Whether `job` is kept (it is the same on every series).
+    pub keep_job: bool,
+}
+
+/// An [`Aggregation`] computed by the database: the leaf's rows are spread over the steps
+/// they hold for, then grouped by the label columns and step.
+pub async fn aggregate(
+    pool: &DbPool,
+    aggregation: &Aggregation<'_>,
+    steps: Steps,
+    limit: usize,
+) -> Result<Vec<Series>, PromError> {
+    let Aggregation {
+        metric,
+        leaf,
+        op,
+        ref by,
+        keep_job,
+    } = *aggregation;
+    let mut params = Params::default();
+    let inner = leaf.sql(&mut params, metric, steps)?;
+    let n = params.add(Bind::BigInt(steps.n as i64));
+    let value = match op {
+        SqlAggregate::Sum => "sum(v)",
+        SqlAggregate::Avg => "avg(v)",
+        SqlAggregate::Min => "min(v)",
+        SqlAggregate::Max => "max(v)",
+        SqlAggregate::Count => "count(*)",
+    };
+    let column = |c: &'static str| {
+        if by.contains(&c) {
+            c.to_owned()
+        } else {
+            format!("''::text AS {c}")
+        }
+    };
+    let sql = format!(
+        "WITH leaf AS ({inner}),
+         spread AS (
+             SELECT service, pod_name, namespace, node_name, g AS i, v
+             FROM (SELECT *, lead(i) OVER (PARTITION BY service, pod_name, namespace, node_name ORDER BY i) AS next
+                   FROM leaf) l,
+                  generate_series(i, least(imax, coalesce(next - 1, imax), {n} - 1)) AS g
+         )
+         SELECT {service}, {pod_name}, {namespace}, {node_name}, i, i AS imax, ({value})::float8 AS v
+         FROM spread
+         GROUP BY 1, 2, 3, 4, 5
+         ORDER BY 1, 2, 3, 4, 5
+         LIMIT {limit}",
+        service = column("service"),
+        pod_name = column("pod_name"),
+        namespace = column("namespace"),
+        node_name = column("node_name"),
+        limit = params.add(Bind::BigInt(limit as i64 + 1)),
+    );
+    let rows = load(pool, params, sql, limit).await?;
+    let mut series = fill(metric, false, rows, steps.n);
+    for s in &mut series {
+        s.labels.retain(|label, _| {
+            (label == "job" && keep_job)
+                || by.iter().any(|c| super::label_column(label) == Some(*c))
+        });
+    }
+    Ok(series)
 }
 
 /// The distinct series of `metric` the selector matches with a sample in `(from, to]`.
