@@ -538,6 +538,19 @@ fn cases() -> Vec<(&'static str, Oracle)> {
             }),
         ),
         (
+            "pod_cpu_usage_percent >= bool on(pod) (pod_memory_usage_mib / 10)",
+            Box::new(move |r, t| {
+                let pod = |l: &Labels| Labels::from([("pod".to_owned(), l["pod"].clone())]);
+                let tenth: Vector = drop_name(select(r, MEM, t, &all))
+                    .into_iter()
+                    .map(|(k, v)| (k, v / 10.0))
+                    .collect();
+                match_vectors(&select(r, CPU, t, &all), &tenth, pod, pod, |a, b| {
+                    Some(f64::from(a >= b))
+                })
+            }),
+        ),
+        (
             "pod_cpu_usage_percent offset 3m",
             Box::new(move |r, t| select(r, CPU, t - 180_000, &all)),
         ),
