@@ -3,9 +3,7 @@
 //! (`not supported by Panopticon: …`), so that no query gets a wrong answer.
 
 use promql_parser::label::{MatchOp, Matcher};
-use promql_parser::parser::{
-    AtModifier, Expr, LabelModifier, Offset, VectorMatchCardinality, VectorSelector,
-};
+use promql_parser::parser::{Expr, LabelModifier, Offset, VectorMatchCardinality, VectorSelector};
 
 use super::{JOB, Limits, Metric, NAME_LABEL, PromError, label_column};
 
@@ -384,11 +382,8 @@ fn offset_ms(offset: &Option<Offset>) -> i64 {
 }
 
 fn selector(vs: &VectorSelector) -> Result<Selector, PromError> {
-    if let Some(at) = &vs.at {
-        let what = match at {
-            AtModifier::Start | AtModifier::End | AtModifier::At(_) => "the @ modifier",
-        };
-        return Err(PromError::unsupported(what));
+    if vs.at.is_some() {
+        return Err(PromError::unsupported("the @ modifier"));
     }
     let offset_ms = offset_ms(&vs.offset);
     if offset_ms.unsigned_abs() > 10 * 365 * 86_400_000 {
