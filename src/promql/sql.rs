@@ -385,10 +385,8 @@ pub async fn aggregate(
             format!("''::text AS {c}")
         }
     };
-    // The leaf is grouped by itself first (MATERIALIZED): inlined, the planner sorts every
-    // raw row for the window function instead of the one row per series and step.
     let sql = format!(
-        "WITH leaf AS MATERIALIZED ({inner}),
+        "WITH leaf AS ({inner}),
          spread AS (
              SELECT service, pod_name, namespace, node_name, g AS i, v
              FROM (SELECT *, lead(i) OVER (PARTITION BY service, pod_name, namespace, node_name ORDER BY i) AS next
