@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline validation of the deployment files: docker/compose.yml, docker/Dockerfile,
-# docker/k8s/*.yaml and the Fluent Bit pipeline with its sample records.
+# docker/k8s/*.yaml, the Fluent Bit pipeline with its sample records, and Grafana's
+# provisioning (docker/grafana/: data source, dashboard provider, dashboards).
 #
 #   bash .ci/validate-deploy.sh
 #
@@ -114,6 +115,11 @@ check_compose() {
     "$TOOLS_VENV/bin/python" .ci/validate_deploy.py compose "$WORK/compose.resolved.yml"
 }
 
+check_grafana() {
+  compose_config config > "$WORK/compose.grafana.yml" &&
+    "$TOOLS_VENV/bin/python" .ci/validate_deploy.py grafana docker/grafana "$WORK/compose.grafana.yml"
+}
+
 check_dockerfile() {
   "$TOOLS_VENV/bin/python" .ci/validate_deploy.py dockerfile docker/Dockerfile
 }
@@ -149,6 +155,7 @@ check_fluent_bit() {
 }
 
 run_check "compose: docker/compose.yml" check_compose
+run_check "grafana: docker/grafana provisioning" check_grafana
 run_check "image: docker/Dockerfile" check_dockerfile
 run_check "kubernetes: docker/k8s/*.yaml" check_manifests
 if command -v kubectl > /dev/null 2>&1; then

@@ -4,6 +4,7 @@
     python validate_deploy.py dockerfile docker/Dockerfile
     python validate_deploy.py fluent-bit docker/k8s/fluent-bit.yaml FIXTURE_JSONL
     python validate_deploy.py fixture FIXTURE_JSONL
+    python validate_deploy.py grafana docker/grafana RESOLVED_CONFIG_YAML
 
 Each prints what it checked and exits non-zero on the first failure.
 """
@@ -127,6 +128,98 @@ def target_port(port) -> int | None:
     if isinstance(port, dict):
         return int(port["target"])
     return int(str(port).split(":")[-1].split("/")[0])
+
+
+# --------------------------------------------------------------------------- Grafana
+
+GRAFANA_IMAGE = "grafana/grafana:11.3.0"
+PROMETHEUS_URL = "http://panopticon:3001/prometheus"
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """The service's bind mounts, container path -> host path (as resolved by Compose)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            out[str(volume.get("target"))] = str(volume.get("source", ""))
+        else:
+            parts = str(volume).split(":")
+            if len(parts) >= 2:
+                out[parts[1]] = parts[0]
+    return out
+
+
+def check_grafana(grafana_dir: str, resolved_path: str) -> None:
+    with open(resolved_path, encoding="utf-8") as f:
+        services = yaml.safe_load(f).get("services", {})
+    check("grafana" in services, "compose: service grafana missing")
+    grafana = services["grafana"]
+    check(grafana.get("image") == GRAFANA_IMAGE, f"compose: grafana image must be {GRAFANA_IMAGE}")
+    check(any(published_port(p) == 3000 for p in grafana.get("ports", [])),
+          "compose: grafana publishes 3000")
+    deps = grafana.get("depends_on", {})
+    check(isinstance(deps, dict) and "panopticon" in deps, "compose: grafana depends on panopticon")
+    bound = mounts(grafana)
+    check(bound.get("/etc/grafana/provisioning", "").rstrip("/").endswith("grafana/provisioning"),
+          "compose: grafana must mount docker/grafana/provisioning at /etc/grafana/provisioning")
+    ok(f"compose: grafana {GRAFANA_IMAGE}, port 3000, provisioning mounted")
+
+    sources_dir = os.path.join(grafana_dir, "provisioning", "datasources")
+    uids = set()
+    for name in sorted(os.listdir(sources_dir)):
+        with open(os.path.join(sources_dir, name), encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        check(isinstance(doc, dict) and doc.get("apiVersion") == 1, f"{name}: apiVersion 1")
+        for source in doc.get("datasources", []):
+            check(source.get("type") == "prometheus", f"{name}: data source type prometheus")
+            check(source.get("url") == PROMETHEUS_URL, f"{name}: data source url must be {PROMETHEUS_URL}")
+            check(bool(source.get("uid")), f"{name}: the data source needs a uid for the dashboards")
+            uids.add(source["uid"])
+    check(len(uids) == 1, f"datasources: exactly one provisioned data source, found {sorted(uids)}")
+    uid = next(iter(uids))
+    ok(f"data source {uid}: prometheus at {PROMETHEUS_URL}")
+
+    providers_dir = os.path.join(grafana_dir, "provisioning", "dashboards")
+    paths = []
+    for name in sorted(os.listdir(providers_dir)):
+        with open(os.path.join(providers_dir, name), encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        check(isinstance(doc, dict) and doc.get("apiVersion") == 1, f"{name}: apiVersion 1")
+        for provider in doc.get("providers", []):
+            check(provider.get("type") == "file", f"{name}: file provider")
+            paths.append(provider.get("options", {}).get("path"))
+    check(paths, "dashboards: no provider")
+    for path in paths:
+        check(bound.get(path, "").rstrip("/").endswith("grafana/dashboards"),
+              f"compose: grafana must mount docker/grafana/dashboards at the provider path {path}")
+    ok(f"dashboard provider reads {', '.join(paths)}, mounted from docker/grafana/dashboards")
+
+    dashboards_dir = os.path.join(grafana_dir, "dashboards")
+    names = sorted(n for n in os.listdir(dashboards_dir) if n.endswith(".json"))
+    check(names, "dashboards: no dashboard JSON")
+    for name in names:
+        with open(os.path.join(dashboards_dir, name), encoding="utf-8") as f:
+            try:
+                dashboard = json.load(f)
+            except json.JSONDecodeError as e:
+                raise CheckFailed(f"{name}: not JSON: {e}")
+        check(bool(dashboard.get("uid")) and bool(dashboard.get("title")), f"{name}: uid and title")
+        panels = dashboard.get("panels", [])
+        check(panels, f"{name}: no panels")
+        exprs = 0
+        for panel in panels:
+            where = f"{name}: panel {panel.get('title')!r}"
+            check(panel.get("datasource", {}).get("uid") == uid, f"{where}: data source uid must be {uid}")
+            for target in panel.get("targets", []):
+                check(target.get("datasource", {}).get("uid") == uid,
+                      f"{where}: target data source uid must be {uid}")
+                check(bool(str(target.get("expr", "")).strip()), f"{where}: target without expr")
+                exprs += 1
+        for variable in dashboard.get("templating", {}).get("list", []):
+            if variable.get("type") == "query":
+                check(variable.get("datasource", {}).get("uid") == uid,
+                      f"{name}: variable {variable.get('name')}: data source uid must be {uid}")
+        ok(f"{name}: {len(panels)} panels, {exprs} queries, all on data source {uid}")
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -580,6 +673,7 @@ def main(argv: list[str]) -> int:
         "dockerfile": (check_dockerfile, 1),
         "fluent-bit": (check_fluent_bit, 2),
         "fixture": (check_fixture, 1),
+        "grafana": (check_grafana, 2),
     }
     if len(argv) < 2 or argv[1] not in commands or len(argv) - 2 != commands[argv[1]][1]:
         print(__doc__, file=sys.stderr)

@@ -4,9 +4,11 @@
 //!     cargo bench --bench queries        # BENCH_ROWS=10000000
 //!
 //! Loads BENCH_ROWS rows (500 pods, one sample each every 10 s, ending now) with binary COPY,
-//! then times the queries behind `GET /api/v1/metrics?pod=…` (1 h of one pod) and
-//! `GET /api/v1/metrics/series?bucket=1m&group_by=pod` (24 h of all pods). The queries are
-//! called as the handlers call them, through the same pool, without the HTTP hop.
+//! then times the queries behind `GET /api/v1/metrics?pod=…` (1 h of one pod),
+//! `GET /api/v1/metrics/series?bucket=1m&group_by=pod` (24 h of all pods) and the Grafana-like
+//! panel `avg by (pod) (pod_cpu_usage_percent)` of `/prometheus/api/v1/query_range` (24 h,
+//! 1-minute step). The queries are called as the handlers call them, through the same pool,
+//! without the HTTP hop.
 
 use std::time::{Duration, Instant};
 
@@ -133,6 +135,31 @@ async fn main() -> anyhow::Result<()> {
         .len())
     })
     .await?;
+    // The panel Grafana draws: 1,441 steps of a minute over 24 h, on whole minutes.
+    let panel_end = end / 60_000 * 60_000;
+    let steps = panopticon::promql::Steps {
+        start_ms: panel_end - 24 * 3_600_000,
+        step_ms: 60_000,
+        n: 24 * 60 + 1,
+    };
+    let limits = panopticon::promql::Limits {
+        max_samples: 1_000_000,
+        max_range_ms: 168 * 3_600_000,
+    };
+    let promql = time_it(env_usize("BENCH_PROMQL_RUNS", 10), || async {
+        let value =
+            panopticon::promql::query(&pool, "avg by (pod) (pod_cpu_usage_percent)", steps, limits)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(match value {
+            panopticon::promql::Value::Vector(series) => series
+                .iter()
+                .map(|s| s.points.iter().flatten().count())
+                .sum(),
+            _ => 0,
+        })
+    })
+    .await?;
     println!(
         "{:<48} {:>9} {:>9} {:>9}",
         "query", "p50 ms", "p99 ms", "rows"
@@ -141,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         ("1 h of one pod, raw rows (/metrics?pod=)", raw),
         ("1 h of one pod, 1m buckets, p95 (/series)", one_pod_series),
         ("24 h of 500 pods, 1m buckets, avg (/series)", series),
+        ("24 h, 1m step, avg by (pod) (PromQL query_range)", promql),
     ] {
         println!("{label:<48} {p50:>9.1} {p99:>9.1} {rows:>9}");
     }

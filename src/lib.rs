@@ -15,6 +15,7 @@ pub mod kafka_security;
 pub(crate) mod log_limit;
 pub mod offsets;
 pub(crate) mod pem;
+pub mod promql;
 pub(crate) mod schema;
 pub mod simulate;
 pub mod startup;

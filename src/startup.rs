@@ -89,6 +89,7 @@ impl Application {
             max_limit: api_settings.max_limit,
             max_range: chrono::Duration::hours(api_settings.max_range_hours as i64),
             max_buckets: api_settings.max_buckets,
+            max_samples: api_settings.prometheus_max_samples,
         };
         let access = Access::new(
             api_settings.auth_token.clone(),

@@ -35,6 +35,7 @@ fn state(url: &str, storage: &SharedStorage) -> AppState {
         max_limit: 1000,
         max_range: chrono::Duration::hours(168),
         max_buckets: 5000,
+        max_samples: 1_000_000,
     };
     AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
 }

@@ -65,7 +65,7 @@ pub enum QueryError {
 }
 
 /// A connection from the pool; a pool that cannot give one means the database is unavailable.
-async fn connection(pool: &DbPool) -> Result<Object<AsyncPgConnection>, QueryError> {
+pub(crate) async fn connection(pool: &DbPool) -> Result<Object<AsyncPgConnection>, QueryError> {
     pool.pool
         .get()
         .await
@@ -74,7 +74,7 @@ async fn connection(pool: &DbPool) -> Result<Object<AsyncPgConnection>, QueryErr
 
 /// Runs one query on `conn` within the statement timeout. A connection whose query went
 /// unanswered is taken out of the pool and closed rather than handed to the next request.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     pool: &DbPool,
     mut conn: Object<AsyncPgConnection>,
     query: impl for<'c> FnOnce(
@@ -117,21 +117,22 @@ pub struct Filters {
 
 /// A value bound to a placeholder of a statement.
 #[derive(Debug, Clone, PartialEq)]
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     Time(DateTime<Utc>),
     BigInt(i64),
+    Double(f64),
 }
 
 /// The values bound to a statement's placeholders. Each value is added where its placeholder
 /// is written into the SQL text, which numbers the placeholder by the value's position: the
 /// two cannot disagree.
 #[derive(Debug, Default)]
-struct Params(Vec<Bind>);
+pub(crate) struct Params(Vec<Bind>);
 
 impl Params {
     /// Adds `value`; answers its placeholder, `$n`.
-    fn add(&mut self, value: Bind) -> String {
+    pub(crate) fn add(&mut self, value: Bind) -> String {
         self.0.push(value);
         format!("${}", self.0.len())
     }
@@ -159,12 +160,13 @@ impl Params {
     }
 
     /// The statement `sql` with these values bound.
-    fn bind_to(self, sql: String) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    pub(crate) fn bind_to(self, sql: String) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
         let query = diesel::sql_query(sql).into_boxed();
         self.0.into_iter().fold(query, |query, value| match value {
             Bind::Text(v) => query.bind::<Text, _>(v),
             Bind::Time(v) => query.bind::<Timestamptz, _>(v),
             Bind::BigInt(v) => query.bind::<BigInt, _>(v),
+            Bind::Double(v) => query.bind::<Double, _>(v),
         })
     }
 }

@@ -19,6 +19,8 @@ pub struct ApiState {
     pub max_limit: u32,
     pub max_range: Duration,
     pub max_buckets: u32,
+    /// Most samples one PromQL query may hold or load (`PROMETHEUS_MAX_SAMPLES`).
+    pub max_samples: u32,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod openapi;
 pub mod prometheus;
+pub mod prometheus_api;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,6 +67,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(prometheus::metrics))
         .configure(api::routes)
+        .configure(prometheus_api::routes)
         .configure(dashboard::routes);
 }
 
