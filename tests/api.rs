@@ -459,9 +459,12 @@ async fn prometheus_and_status_report_the_pipeline() {
         "panopticon_records_total{actor=\"writer\"} 20",
         "panopticon_rows_written_total 20",
         "panopticon_invalid_messages_total{reason=\"invalid_json\"} 1",
-        "panopticon_mailbox_capacity{actor=\"writer\"} 8",
+        // The sum over the default two writer connections of 8 chunks each.
+        "panopticon_mailbox_capacity{actor=\"writer\"} 16",
+        "panopticon_writer_connection_rows_written_total{connection=\"0\"} 20",
         "panopticon_partition_committed_offset{partition=\"0\"} 20",
         "panopticon_flushes_total{trigger=\"time\"}",
+        "panopticon_flushes_total{trigger=\"idle\"}",
         "panopticon_database_up 1",
         "panopticon_dead_letters_total 1",
     ] {
