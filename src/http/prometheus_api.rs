@@ -236,17 +236,7 @@ fn range_steps(params: &Params, state: &ApiState) -> Result<Steps, PromError> {
     )?;
     let end = parse_time("end", params.get("end").ok_or_else(|| missing("end"))?)?;
     let step = parse_step(params.get("step").ok_or_else(|| missing("step"))?)?;
-    if end < start {
-        return Err(PromError::BadData(
-            "invalid parameter \"end\": end timestamp must not be before start time".into(),
-        ));
-    }
-    if end - start > state.max_range.num_milliseconds() {
-        return Err(PromError::BadData(format!(
-            "the range may span at most {} hours (API_MAX_RANGE_HOURS)",
-            state.max_range.num_hours()
-        )));
-    }
+    check_range(start, end, state)?;
     let n = (end - start) / step + 1;
     if n > state.max_buckets as i64 {
         return Err(PromError::BadData(format!(
@@ -293,17 +283,8 @@ async fn range(params: &Params, state: &ApiState) -> Result<Json, PromError> {
     Ok(json!({ "resultType": "matrix", "result": result }))
 }
 
-/// The time range of the metadata endpoints: `start` and `end` if given, else the last hour
-/// up to now; at most `API_MAX_RANGE_HOURS`.
-fn window(params: &Params, state: &ApiState) -> Result<(i64, i64), PromError> {
-    let end = match params.get("end") {
-        Some(t) => parse_time("end", t)?,
-        None => Utc::now().timestamp_millis(),
-    };
-    let start = match params.get("start") {
-        Some(t) => parse_time("start", t)?,
-        None => end - 3_600_000,
-    };
+/// `start` is not after `end`, and the two are at most `API_MAX_RANGE_HOURS` apart.
+fn check_range(start: i64, end: i64, state: &ApiState) -> Result<(), PromError> {
     if end < start {
         return Err(PromError::BadData(
             "invalid parameter \"end\": end timestamp must not be before start time".into(),
@@ -315,6 +296,21 @@ fn window(params: &Params, state: &ApiState) -> Result<(i64, i64), PromError> {
             state.max_range.num_hours()
         )));
     }
+    Ok(())
+}
+
+/// The time range of the metadata endpoints: `start` and `end` if given, else the last hour
+/// up to now; at most `API_MAX_RANGE_HOURS`.
+fn window(params: &Params, state: &ApiState) -> Result<(i64, i64), PromError> {
+    let end = match params.get("end") {
+        Some(t) => parse_time("end", t)?,
+        None => Utc::now().timestamp_millis(),
+    };
+    let start = match params.get("start") {
+        Some(t) => parse_time("start", t)?,
+        None => end - 3_600_000,
+    };
+    check_range(start, end, state)?;
     // The window is inclusive at both ends: (start − 1 ms, end].
     Ok((start - 1, end))
 }
