@@ -22,6 +22,10 @@ const STALL: Duration = Duration::from_secs(60);
 #[derive(Serialize)]
 pub struct Drain {
     pub rows_per_s: f64,
+    /// The rate over the first tenth of the rows and over the last (from [`Drain::samples`]):
+    /// how the cost grows with the table.
+    pub first_tenth_rows_per_s: f64,
+    pub last_tenth_rows_per_s: f64,
     pub first_row_after_s: f64,
     pub first_to_last_s: f64,
     pub rows_at_first_sample: i64,
@@ -102,8 +106,11 @@ pub async fn run(
         );
     }
     let metric_lines = service.log.lock().unwrap().metric_lines;
+    let (first_tenth, last_tenth) = tenth_rates(&samples, n);
     Ok(Drain {
         rows_per_s: rate.round(),
+        first_tenth_rows_per_s: first_tenth.round(),
+        last_tenth_rows_per_s: last_tenth.round(),
         first_row_after_s: round3(first.at.duration_since(service.started).as_secs_f64()),
         first_to_last_s: round3(seconds),
         rows_at_first_sample: first_count,
@@ -179,4 +186,20 @@ async fn watch(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The committed rows a second over the first tenth of `n` rows (from the first sample with a
+/// row to the first holding a tenth) and over the last (from the first sample holding nine
+/// tenths to the last); NaN where the samples are too coarse to tell.
+fn tenth_rates(samples: &[(f64, i64)], n: i64) -> (f64, f64) {
+    let from = |count: i64| samples.iter().find(|s| s.1 >= count).copied();
+    let rate = |a: Option<(f64, i64)>, b: Option<(f64, i64)>| match (a, b) {
+        (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => (c1 - c0) as f64 / (t1 - t0),
+        _ => f64::NAN,
+    };
+    let tenth = (n / 10).max(1);
+    (
+        rate(from(1), from(tenth)),
+        rate(from(n - tenth), samples.last().copied()),
+    )
 }

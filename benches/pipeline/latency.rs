@@ -43,6 +43,10 @@ pub struct Latency {
     pub rows_stored: i64,
     pub duplicate_rows: i64,
     pub missing_rows: i64,
+    /// Messages the producer stamped a millisecond after their pod's previous one, having
+    /// fallen behind: without that, two of a pod's messages could share a timestamp and be
+    /// one metric.
+    pub restamped: u64,
     pub service_cpu: CpuSpent,
     pub peak_rss_mib: f64,
     /// As the service's `/status` tells them.
@@ -86,8 +90,8 @@ pub async fn run(
         total,
     };
     let producer = Arc::new(producer);
-    let (sent_at, produce_seconds) =
-        produce(steady, &producer, &topic, settings.latency_secs).await?;
+    let (sent, produce_seconds) = produce(steady, &producer, &topic, settings.latency_secs).await?;
+    let sent_at = sent.at;
     deliveries.ensure_all_delivered()?;
     let positions = deliveries.positions.lock().unwrap().clone();
     let needed = next_offsets(&positions, settings.partitions)?;
@@ -128,6 +132,7 @@ pub async fn run(
         rows_stored: stored,
         duplicate_rows: stored - distinct,
         missing_rows: total as i64 - distinct,
+        restamped: sent.restamped,
         service_cpu: before.until(&after, tck),
         peak_rss_mib: round3(hwm_kib as f64 / 1024.0),
         flushes: status["writer"]["flushes"].clone(),
@@ -145,14 +150,22 @@ struct Steady {
     total: usize,
 }
 
-/// Runs [`produce_steady`] on a blocking thread and flushes; answers the moments each message
-/// was handed to the producer, and the seconds it all took.
+/// What the steady producer sent.
+struct Sent {
+    /// The moment each message was handed to the producer.
+    at: Vec<Instant>,
+    /// How many were stamped later than the clock said (see [`crate::pods::PodInfo::write`]).
+    restamped: u64,
+}
+
+/// Runs [`produce_steady`] on a blocking thread and flushes; answers what was sent, and the
+/// seconds it all took.
 async fn produce(
     steady: Steady,
     producer: &Arc<ThreadedProducer<Tracking>>,
     topic: &str,
     secs: u64,
-) -> anyhow::Result<(Vec<Instant>, f64)> {
+) -> anyhow::Result<(Sent, f64)> {
     let producing = {
         let topic = topic.to_owned();
         let producer = producer.clone();
@@ -163,22 +176,22 @@ async fn produce(
         })
     };
     let started = Instant::now();
-    let sent_at = within(
+    let sent = within(
         Duration::from_secs(secs * 3 + 120),
         "steady producer",
         producing,
     )
     .await???;
-    Ok((sent_at, started.elapsed().as_secs_f64()))
+    Ok((sent, started.elapsed().as_secs_f64()))
 }
 
 /// Produces `rate` messages a second until `total` were sent, each stamped with the moment it is
-/// handed to the producer; answers those moments.
+/// handed to the producer (or just after its pod's previous one).
 fn produce_steady(
     steady: Steady,
     producer: &ThreadedProducer<Tracking>,
     topic: &str,
-) -> anyhow::Result<Vec<Instant>> {
+) -> anyhow::Result<Sent> {
     let Steady {
         pods,
         rate,
@@ -187,6 +200,7 @@ fn produce_steady(
     } = steady;
     let mut pods = pod_infos(pods)?;
     let mut sent_at = Vec::with_capacity(total);
+    let mut restamped = 0;
     let mut rng = fastrand::Rng::with_seed(11);
     let mut payload = Vec::with_capacity(256);
     let started = Instant::now();
@@ -199,7 +213,10 @@ fn produce_steady(
             let pod = &mut pods[pod_index];
             pod.wander(&mut rng);
             let now = Instant::now();
-            pod.write(&mut payload, now_ms())?;
+            let clock = now_ms();
+            if pod.write(&mut payload, clock)? != clock {
+                restamped += 1;
+            }
             send(
                 producer,
                 topic,
@@ -212,7 +229,10 @@ fn produce_steady(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(sent_at)
+    Ok(Sent {
+        at: sent_at,
+        restamped,
+    })
 }
 
 /// Each partition's next offset once every delivered message is in.

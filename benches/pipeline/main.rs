@@ -6,12 +6,15 @@
 //! 1. preload: N messages in the seed format (the simulator's pods, one sample per pod per
 //!    second of back-fill), pod `i` to partition `i mod P`, by a batching producer;
 //! 2. drain: the service consumes the preloaded topic into a fresh database; rows committed a
-//!    second from the first committed row to the last, its CPU seconds and peak RSS, and the
-//!    CPU of PostgreSQL, the broker and everything else meanwhile;
+//!    second from the first committed row to the last and over its first and last tenth, its
+//!    CPU seconds and peak RSS, and the CPU of PostgreSQL, the broker and everything else
+//!    meanwhile;
 //! 3. references: the write limit (one `COPY` of the same N rows, CSV and binary, pre-encoded,
-//!    into a fresh table made by the same migrations), the read limit (an rdkafka consumer that
-//!    only reads the topic and touches each payload) and a naive service (one autocommitted
-//!    `INSERT` per message, for a bounded time);
+//!    into a fresh table made by the same migrations, and binary split over one connection a
+//!    CPU at once), the growth reference (a tenth of the rows, shifted to follow them, copied
+//!    into the empty table and into the table holding all N), the read limit (an rdkafka
+//!    consumer that only reads the topic and touches each payload) and a naive service (one
+//!    autocommitted `INSERT` per message, for a bounded time);
 //! 4. latency: a steady stream into a freshly started service, produce → row visible.
 //!
 //! Each phase that writes to PostgreSQL starts after a `CHECKPOINT`, so that none pays for the

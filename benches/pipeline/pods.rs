@@ -15,6 +15,8 @@ pub struct PodInfo {
     node: String,
     cpu: f64,
     memory: f64,
+    /// The timestamp of the pod's last message.
+    last_timestamp: i64,
 }
 
 impl PodInfo {
@@ -24,8 +26,14 @@ impl PodInfo {
         self.memory = (self.memory + (rng.f64() - 0.5) * 16.0).clamp(16.0, 4096.0);
     }
 
-    /// Writes the pod's message, stamped `timestamp`, into `payload` (cleared first).
-    pub fn write(&self, payload: &mut Vec<u8>, timestamp: i64) -> serde_json::Result<()> {
+    /// Writes the pod's message into `payload` (cleared first), stamped `now` or, if the pod
+    /// already sent a message stamped `now` or later, a millisecond after that one; answers the
+    /// stamp. A pod's timestamps only rise, as a sampler's do: a metric is known by its pod and
+    /// time, so two messages of a pod in one millisecond (a producer that fell behind and
+    /// catches up in a burst) would be one metric stored once, not two.
+    pub fn write(&mut self, payload: &mut Vec<u8>, now: i64) -> serde_json::Result<i64> {
+        let timestamp = now.max(self.last_timestamp + 1);
+        self.last_timestamp = timestamp;
         payload.clear();
         serde_json::to_writer(
             payload,
@@ -38,7 +46,8 @@ impl PodInfo {
                 cpu: (self.cpu * 100.0).round() / 100.0,
                 memory: (self.memory * 100.0).round() / 100.0,
             },
-        )
+        )?;
+        Ok(timestamp)
     }
 }
 
@@ -56,6 +65,7 @@ pub fn pod_infos(pods: u32) -> anyhow::Result<Vec<PodInfo>> {
                 node: v["nodeName"].as_str().unwrap_or_default().to_owned(),
                 cpu: v["cpu"].as_f64().unwrap_or(0.0),
                 memory: v["memory"].as_f64().unwrap_or(0.0),
+                last_timestamp: i64::MIN,
             }),
             Err(e) => failure = Some(e),
         }

@@ -42,6 +42,20 @@ pub struct WriteLimit {
     #[serde(rename = "parallel_copy_binary_rows_per_s", serialize_with = "rounded")]
     pub parallel: f64,
     pub parallel_connections: usize,
+    /// Rows of the growth reference: a tenth of the messages, binary-copied once into an empty
+    /// table and once into the table holding all the messages (the next samples of the same
+    /// pods), as the service's first and last tenths of the drain write.
+    pub growth_rows: usize,
+    #[serde(
+        rename = "copy_binary_tenth_into_empty_rows_per_s",
+        serialize_with = "rounded"
+    )]
+    pub tenth_into_empty: f64,
+    #[serde(
+        rename = "copy_binary_tenth_into_full_rows_per_s",
+        serialize_with = "rounded"
+    )]
+    pub tenth_into_full: f64,
 }
 
 /// The report's `read_limit`, rounded there.
@@ -56,7 +70,8 @@ pub struct ReadLimit {
 
 /// Copies every message, as rows, into the empty `system_metrics` of the database at `url`
 /// (`client` is connected to it): once as CSV, once binary, once split over one binary `COPY`
-/// a CPU at once, each after a `CHECKPOINT`; leaves the table empty.
+/// a CPU at once, each after a `CHECKPOINT`; and a tenth of them, shifted to follow the rest,
+/// into the empty table and into the table holding every message; leaves the table empty.
 pub async fn write_limit(
     settings: &Settings,
     url: &str,
@@ -70,12 +85,22 @@ pub async fn write_limit(
         .max(2);
     let rows = parse_all(messages)?;
     let csv = encode_csv(&rows);
-    let binary = encode_binary(&rows);
+    let binary = encode_binary(&rows, 0);
+    // The next samples of the same pods: the first tenth shifted by the span of all the rows.
+    let growth_rows = (n / 10).max(1).min(rows.len());
+    let span_ms = match (
+        rows.iter().map(|m| m.time_ms()).min(),
+        rows.iter().map(|m| m.time_ms()).max(),
+    ) {
+        (Some(first), Some(last)) => last - first + 1000,
+        _ => 0,
+    };
+    let tenth = encode_binary(&rows[..growth_rows], span_ms);
     let parts: Vec<Vec<(Bytes, usize)>> = rows
         .chunks(rows.len().div_ceil(connections).max(1))
         .map(|part| {
             part.chunks(PARALLEL_SLICE_ROWS)
-                .map(|slice| (encode_binary(slice), slice.len()))
+                .map(|slice| (encode_binary(slice, 0), slice.len()))
                 .collect()
         })
         .collect();
@@ -84,14 +109,19 @@ pub async fn write_limit(
     let csv_rate = copy(client, "csv", &csv, n).await?;
     client.batch_execute("TRUNCATE system_metrics").await?;
     checkpoint(&settings.admin_url).await;
-    let binary_rate = copy(client, "binary", &binary, n).await?;
+    let tenth_into_empty = copy(client, "binary", &tenth, growth_rows).await?;
     client.batch_execute("TRUNCATE system_metrics").await?;
-    drop((csv, binary));
+    checkpoint(&settings.admin_url).await;
+    let binary_rate = copy(client, "binary", &binary, n).await?;
+    checkpoint(&settings.admin_url).await;
+    let tenth_into_full = copy(client, "binary", &tenth, growth_rows).await?;
+    client.batch_execute("TRUNCATE system_metrics").await?;
+    drop((csv, binary, tenth));
     checkpoint(&settings.admin_url).await;
     let parallel_rate = parallel_copy(url, &parts, n).await?;
     client.batch_execute("TRUNCATE system_metrics").await?;
     step(&format!(
-        "COPY csv {csv_rate:.0} rows/s, binary {binary_rate:.0} rows/s, binary on {} connections at once {parallel_rate:.0} rows/s",
+        "COPY csv {csv_rate:.0} rows/s, binary {binary_rate:.0} rows/s, binary on {} connections at once {parallel_rate:.0} rows/s; {growth_rows} rows into an empty table {tenth_into_empty:.0} rows/s, into one holding {n} {tenth_into_full:.0} rows/s",
         parts.len()
     ));
     Ok(WriteLimit {
@@ -100,6 +130,9 @@ pub async fn write_limit(
         limit: csv_rate.max(binary_rate),
         parallel: parallel_rate,
         parallel_connections: parts.len(),
+        growth_rows,
+        tenth_into_empty,
+        tenth_into_full,
     })
 }
 
@@ -177,8 +210,9 @@ fn encode_csv(rows: &[ValidMetric]) -> Bytes {
     out.freeze()
 }
 
-/// PostgreSQL's binary COPY format: header, one tuple per row, trailer.
-fn encode_binary(rows: &[ValidMetric]) -> Bytes {
+/// PostgreSQL's binary COPY format: header, one tuple per row, trailer; each row's time
+/// `shift_ms` later than the metric's.
+fn encode_binary(rows: &[ValidMetric], shift_ms: i64) -> Bytes {
     const PG_EPOCH_MS: i64 = 946_684_800_000;
     let mut out = BytesMut::with_capacity(rows.len() * 160);
     out.put_slice(b"PGCOPY\n\xff\r\n\0");
@@ -191,7 +225,7 @@ fn encode_binary(rows: &[ValidMetric]) -> Bytes {
     for m in rows {
         out.put_i16(7);
         out.put_i32(8);
-        out.put_i64((m.time_ms() - PG_EPOCH_MS) * 1000);
+        out.put_i64((m.time_ms() + shift_ms - PG_EPOCH_MS) * 1000);
         text(&mut out, m.service());
         text(&mut out, m.pod_name());
         out.put_i32(8);

@@ -301,6 +301,19 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
         drain.service_cpu_s,
         during.service_cpu_s * 1e6 / n as f64
     );
+    let write_limit = &phases.write_limit;
+    let _ = writeln!(
+        out,
+        "growth: service {:.0} rows/s over the first tenth, {:.0} over the last (×{:.2}); binary COPY of {} rows into an empty table {:.0} rows/s, into one holding {n} {:.0} (×{:.2}); last tenth ÷ COPY into the full table {:.2}",
+        drain.first_tenth_rows_per_s,
+        drain.last_tenth_rows_per_s,
+        drain.last_tenth_rows_per_s / drain.first_tenth_rows_per_s,
+        write_limit.growth_rows,
+        write_limit.tenth_into_empty,
+        write_limit.tenth_into_full,
+        write_limit.tenth_into_full / write_limit.tenth_into_empty,
+        drain.last_tenth_rows_per_s / write_limit.tenth_into_full,
+    );
     let _ = writeln!(
         out,
         "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms)",
@@ -323,7 +336,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
     );
     let _ = writeln!(
         out,
-        "rows: drain {} for {n} messages ({} duplicates, {} missing); latency run {} for {} ({} duplicates, {} missing; rows ≠ offsets in {} of {} snapshots)",
+        "rows: drain {} for {n} messages ({} duplicates, {} missing); latency run {} for {} ({} duplicates, {} missing, {} restamped; rows ≠ offsets in {} of {} snapshots)",
         drain.rows_stored,
         drain.duplicate_rows,
         drain.missing_rows,
@@ -331,6 +344,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
         latency.messages,
         latency.duplicate_rows,
         latency.missing_rows,
+        latency.restamped,
         latency.consistency_mismatches,
         latency.consistency_checks
     );

@@ -82,7 +82,6 @@ fn produce(
 ) -> anyhow::Result<()> {
     let mut pods = pod_infos(pods)?;
     // Every metric is told apart by pod and time: a pod's timestamps only go up.
-    let mut last_ts = vec![0i64; pods.len()];
     let mut rng = fastrand::Rng::with_seed(17);
     let mut payload = Vec::with_capacity(256);
     let started = Instant::now();
@@ -98,9 +97,7 @@ fn produce(
             let pod_index = valid as usize % pods.len();
             let pod = &mut pods[pod_index];
             pod.wander(&mut rng);
-            let ts = now_ms().max(last_ts[pod_index] + 1);
-            last_ts[pod_index] = ts;
-            pod.write(&mut payload, ts)?;
+            pod.write(&mut payload, now_ms())?;
             let partition = pod_index as i32 % partitions;
             send(producer, topic, partition, &pod.name, &payload, 0)?;
             valid += 1;
