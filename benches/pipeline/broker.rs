@@ -44,17 +44,13 @@ impl Broker {
         self.process.pid()
     }
 
-    /// A broker the preload and the drain can trust: this one, or, where it skips records and
-    /// the bench may choose (`TANSU` unset, batches of more than one message), the fixed build
-    /// (built once); failing that, batches of one message, or an error.
+    /// A broker the preload and the drain can trust: unless `TANSU` names one, the bench's own
+    /// build (`benches/broker/build-tansu.sh`: built once, again when its patch changes), which
+    /// fetches as Kafka does; a named one that skips records only with batches of one message.
     pub async fn for_the_drain(self, settings: &mut Settings) -> anyhow::Result<Broker> {
         let mut broker = self;
-        if !broker.fetches_inside_batches && !settings.tansu_chosen && settings.preload_batch > 1 {
-            step(&format!(
-                "{} skips records when a fetch starts inside a batch; building tansu with the fix \
-                 (benches/broker/build-tansu.sh, once)",
-                settings.tansu.display()
-            ));
+        if !settings.tansu_chosen {
+            step("broker: tansu with the fetch fixes (benches/broker/build-tansu.sh, built once)");
             drop(broker);
             settings.tansu = build_fixed_tansu()?;
             broker = Broker::start(settings).await?;

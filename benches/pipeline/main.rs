@@ -60,8 +60,10 @@
 //! does: the service pauses and resumes its partitions under backpressure, and librdkafka
 //! resumes at the position the service has read to, mostly inside a batch. A broker that
 //! answers with the next batch loses the rest of the current one; the bench checks this first.
-//! Stock tansu 0.6.0 does, so unless `TANSU` names a broker, the bench then builds tansu 0.6.0
-//! with a one-line fix (`benches/broker/build-tansu.sh`, about 10 minutes, once) and uses it.
+//! Stock tansu 0.6.0 does; it also fills a whole fetch response from one partition, where Kafka
+//! gives each at most `max.partition.fetch.bytes`, so a backlog would reach the writers one
+//! partition at a time. Unless `TANSU` names a broker, the bench runs tansu 0.6.0 built with
+//! these fixed (`benches/broker/build-tansu.sh`, about 10 minutes, once).
 //!
 //! How latency is observed: the service stores a batch's rows and each partition's next offset
 //! (`kafka_offsets`) in one transaction, so the message at offset `o` of partition `p` is
