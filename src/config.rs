@@ -135,7 +135,7 @@ pub struct KafkaSettings {
     pub consumer_config: Properties,
 
     /// Most Kafka records the consumer hands to the validator in one chunk.
-    #[arg(id = "consumer_chunk_max", value_name = "CONSUMER_CHUNK_MAX", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "consumer_chunk_max", value_name = "CONSUMER_CHUNK_MAX", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk_max: u32,
 
     #[command(flatten)]
@@ -211,7 +211,7 @@ pub struct ValidatorSettings {
 #[command(next_help_heading = "Batching")]
 pub struct BatchSettings {
     /// A batch is flushed to the database when it holds this many rows, the most it holds.
-    #[arg(id = "batch_max_rows", value_name = "BATCH_MAX_ROWS", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "batch_max_rows", value_name = "BATCH_MAX_ROWS", long = "batch-max-rows", env = "BATCH_MAX_ROWS", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_rows: u32,
 
     /// A batch is flushed to the database when its oldest row has waited this long (ms).
