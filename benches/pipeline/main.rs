@@ -37,7 +37,7 @@
 //! | `BENCH_NAIVE_SECS`, `BENCH_NAIVE_MAX` | 20, 50000 | the naive service stops at either |
 //! | `BENCH_JSON` | `target/bench-pipeline.json` | the report |
 //! | `BENCH_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | where databases are created and dropped |
-//! | `TANSU` | `target/bench-broker/bin/tansu`, else `~/.cargo/bin/tansu`, else `tansu` | the broker |
+//! | `TANSU` | `benches/broker/build-tansu.sh`'s build (the soak: `target/bench-broker/bin/tansu`, else `~/.cargo/bin/tansu`, else `tansu`) | the broker |
 //! | `BENCH_SERVICE_BIN` | the binary cargo built | |
 //! | `BENCH_SERVICE_ENV` | | `KEY=VALUE;…` given to the service on top of its defaults (shown in the report) |
 //! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
