@@ -44,17 +44,16 @@ impl Broker {
         self.process.pid()
     }
 
-    /// A broker the preload and the drain can trust: unless `TANSU` names one, the bench's own
-    /// build (`benches/broker/build-tansu.sh`: built once, again when its patch changes), which
-    /// fetches as Kafka does; a named one that skips records only with batches of one message.
-    pub async fn for_the_drain(self, settings: &mut Settings) -> anyhow::Result<Broker> {
-        let mut broker = self;
+    /// Starts a broker the preload and the drain can trust: unless `TANSU` names one, the
+    /// bench's own build (`benches/broker/build-tansu.sh`: built once, again when its patch
+    /// changes), which fetches as Kafka does; a named one that skips records only with batches
+    /// of one message.
+    pub async fn for_the_drain(settings: &mut Settings) -> anyhow::Result<Broker> {
         if !settings.tansu_chosen {
             step("broker: tansu with the fetch fixes (benches/broker/build-tansu.sh, built once)");
-            drop(broker);
             settings.tansu = build_fixed_tansu()?;
-            broker = Broker::start(settings).await?;
         }
+        let broker = Broker::start(settings).await?;
         if !broker.fetches_inside_batches {
             let why = format!(
                 "the broker ({}) answers a fetch that starts inside a record batch with the next \

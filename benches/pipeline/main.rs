@@ -121,13 +121,18 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(settings))
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let tck = clock_ticks();
     let machine = start(&settings).await?;
-    let broker = Broker::start(&settings).await?;
     match settings.soak {
-        Some(soak) => run_soak(&settings, soak, broker, machine, tck).await,
-        None => run_phases(settings, broker, machine, tck).await,
+        Some(soak) => {
+            let broker = Broker::start(&settings).await?;
+            run_soak(&settings, soak, broker, machine, tck).await
+        }
+        None => {
+            let broker = Broker::for_the_drain(&mut settings).await?;
+            run_phases(settings, broker, machine, tck).await
+        }
     }
 }
 
@@ -198,13 +203,11 @@ async fn run_soak(
 
 /// Phases 1 to 5: preload, drain, references, latency, report.
 async fn run_phases(
-    mut settings: Settings,
+    settings: Settings,
     broker: Broker,
     machine: Machine,
     tck: f64,
 ) -> anyhow::Result<()> {
-    let broker = broker.for_the_drain(&mut settings).await?;
-    let settings = settings;
     let (address, broker_pid) = (broker.address.clone(), broker.pid());
     let topic = format!("preload_{}", uuid::Uuid::new_v4().simple());
     kafka::create_topic(&address, &topic, settings.partitions).await?;
