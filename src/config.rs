@@ -324,6 +324,11 @@ pub struct TimescaleSettings {
     /// Where TimescaleDB is present: drop chunks older than this (`off`: keep everything).
     #[arg(id = "timescale_retention", value_name = "TIMESCALE_RETENTION", long = "timescale-retention", env = "TIMESCALE_RETENTION", default_value = "30d", value_parser = parse_policy_age)]
     pub retention: PolicyAge,
+
+    /// Where TimescaleDB is present: the span of time each new chunk covers (chunks already
+    /// made keep theirs).
+    #[arg(id = "timescale_chunk_interval", value_name = "TIMESCALE_CHUNK_INTERVAL", long = "timescale-chunk-interval", env = "TIMESCALE_CHUNK_INTERVAL", default_value = "1d", value_parser = parse_chunk_interval)]
+    pub chunk_interval_secs: i64,
 }
 
 impl Settings {
@@ -512,6 +517,16 @@ fn parse_policy_age(text: &str) -> Result<PolicyAge, String> {
     parse_duration_secs(text).map(|s| PolicyAge(Some(s)))
 }
 
+/// A chunk interval in seconds: from a minute (more chunks than that slows every query that
+/// spans them) to a year.
+fn parse_chunk_interval(text: &str) -> Result<i64, String> {
+    let seconds = parse_duration_secs(text)?;
+    if !(60..=366 * 86_400).contains(&seconds) {
+        return Err(format!("`{}` must be between 1m and 366d", text.trim()));
+    }
+    Ok(seconds)
+}
+
 /// librdkafka properties given on the command line, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties(pub Vec<(String, String)>);
@@ -610,6 +625,20 @@ mod tests {
         assert_eq!(parse_properties("").unwrap(), Properties::default());
         assert!(parse_properties("fetch.wait.max.ms").is_err());
         assert!(parse_properties("=5").is_err());
+    }
+
+    #[test]
+    fn chunk_intervals_run_from_a_minute_to_a_year() {
+        assert_eq!(parse_chunk_interval("1h"), Ok(3600));
+        assert_eq!(parse_chunk_interval("1m"), Ok(60));
+        assert_eq!(parse_chunk_interval("366d"), Ok(366 * 86_400));
+        assert!(
+            parse_chunk_interval("59s")
+                .unwrap_err()
+                .contains("between 1m and 366d")
+        );
+        assert!(parse_chunk_interval("367d").is_err());
+        assert!(parse_chunk_interval("off").is_err());
     }
 
     #[test]

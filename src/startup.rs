@@ -332,6 +332,7 @@ async fn connect_database(
                 api_storage.set(if storage.hypertable {
                     let lifecycle = db::timescale::apply(
                         &client,
+                        settings.timescale.chunk_interval_secs,
                         settings.timescale.compress_after,
                         settings.timescale.retention,
                     )

@@ -381,3 +381,119 @@ async fn check_bucket_origin(db: &TestDatabase, storage: &str) {
         }
     }
 }
+
+/// `TIMESCALE_CHUNK_INTERVAL` sets the span of the chunks made from then on: metrics three
+/// hours apart land in chunks of an hour each, and a restart on another interval changes it for
+/// new chunks and leaves the existing ones as they are. On plain PostgreSQL it is accepted and
+/// has nothing to change.
+#[tokio::test]
+async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
+    let producer = common::producer();
+    let now = common::now_ms();
+    let hour = 3_600_000;
+    let payloads: Vec<Vec<u8>> = [5, 3, 1]
+        .iter()
+        .map(|h| common::guide_message(&format!("pod-{h}h-ago"), 10.0, 100.0, now - h * hour))
+        .collect();
+
+    // Plain PostgreSQL: accepted, nothing to set.
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+    let db = TestDatabase::create().await;
+    let mut env = common::service_env(&topic, &common::unique("g"), &db);
+    env.insert("TIMESCALE_CHUNK_INTERVAL".into(), "1h".into());
+    let app = TestApp::spawn_consuming(env);
+    common::produce(&producer, &topic, 0, &payloads).await;
+    assert_eq!(
+        common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3).await,
+        3
+    );
+    assert!(app.lines_containing("chunk interval").is_empty());
+    drop(app);
+
+    if !timescaledb_installed() {
+        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+        return;
+    }
+    let mut pg = OwnPostgres::start();
+    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
+    pg.restart();
+    let db = TestDatabase::on(&pg.url());
+    let topic = common::unique("metrics");
+    common::create_topic(&topic).await;
+    let group = common::unique("g");
+    let mut env = common::service_env(&topic, &group, &db);
+    env.insert("TIMESCALE_CHUNK_INTERVAL".into(), "1h".into());
+    let app = TestApp::spawn_consuming(env.clone());
+    assert!(
+        app.wait_for_log(
+            "TimescaleDB chunk interval (3600 s) set up",
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "{:#?}",
+        app.lines()
+    );
+    common::produce(&producer, &topic, 0, &payloads).await;
+    assert_eq!(
+        common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3).await,
+        3
+    );
+    let client = db.client().await;
+    let span = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    let current = client
+        .query_one(
+            "SELECT extract(epoch FROM time_interval)::bigint FROM timescaledb_information.dimensions
+             WHERE hypertable_name = 'system_metrics'",
+            &[],
+        )
+        .await
+        .expect("dimension");
+    assert_eq!(span(current), 3600);
+    let chunks: Vec<i64> = client
+        .query(
+            "SELECT extract(epoch FROM range_end - range_start)::bigint FROM timescaledb_information.chunks
+             WHERE hypertable_name = 'system_metrics' ORDER BY range_start",
+            &[],
+        )
+        .await
+        .expect("chunks")
+        .into_iter()
+        .map(span)
+        .collect();
+    assert_eq!(chunks, [3600, 3600, 3600]);
+    drop(app);
+
+    // Restarted on the default, the next chunk spans a day; the hourly ones stay.
+    env.remove("TIMESCALE_CHUNK_INTERVAL");
+    let app = TestApp::spawn_consuming(env);
+    common::produce(
+        &producer,
+        &topic,
+        0,
+        &[common::guide_message(
+            "pod-2d-ago",
+            10.0,
+            100.0,
+            now - 48 * hour,
+        )],
+    )
+    .await;
+    assert_eq!(
+        common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 4).await,
+        4
+    );
+    let chunks: Vec<i64> = client
+        .query(
+            "SELECT extract(epoch FROM range_end - range_start)::bigint FROM timescaledb_information.chunks
+             WHERE hypertable_name = 'system_metrics' ORDER BY range_start",
+            &[],
+        )
+        .await
+        .expect("chunks")
+        .into_iter()
+        .map(span)
+        .collect();
+    assert_eq!(chunks, [86_400, 3600, 3600, 3600]);
+    drop(app);
+}

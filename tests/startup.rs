@@ -27,6 +27,11 @@ fn malformed_settings_exit_with_code_2_and_say_why() {
         ),
         ("HTTP_PORT", "70000", "70000"),
         (
+            "TIMESCALE_CHUNK_INTERVAL",
+            "30s",
+            "must be between 1m and 366d",
+        ),
+        (
             "DATABASE_URL",
             "postgres://admin:s3cret@localhost:notaport/db",
             "database URL is malformed",
@@ -76,6 +81,7 @@ fn help_lists_every_setting_with_its_default() {
         ("REJECTION_LOG_MAX_PER_SEC", "100"),
         ("SHUTDOWN_TIMEOUT_MS", "30000"),
         ("PROMETHEUS_MAX_SAMPLES", "1000000"),
+        ("TIMESCALE_CHUNK_INTERVAL", "1d"),
     ] {
         // Secret settings show their variable without its value.
         assert!(

@@ -155,7 +155,12 @@ pub struct Lifecycle {
 
 /// Applies the policies. Safe to run from several instances at once (advisory lock) and
 /// again at every start (each step replaces what the previous start left).
-pub async fn apply(client: &Client, compress_after: PolicyAge, retention: PolicyAge) -> Lifecycle {
+pub async fn apply(
+    client: &Client,
+    chunk_interval_secs: i64,
+    compress_after: PolicyAge,
+    retention: PolicyAge,
+) -> Lifecycle {
     if let Err(e) = client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
@@ -164,6 +169,12 @@ pub async fn apply(client: &Client, compress_after: PolicyAge, retention: Policy
         return Lifecycle::default();
     }
     let mut lifecycle = Lifecycle::default();
+    step(
+        client,
+        &format!("chunk interval ({chunk_interval_secs} s)"),
+        &[chunk_interval_sql(chunk_interval_secs)],
+    )
+    .await;
     step(client, "compression", &compression_sql(compress_after)).await;
     step(client, "retention", &retention_sql(retention)).await;
     lifecycle.continuous_aggregate = step(
@@ -194,6 +205,11 @@ pub async fn apply(client: &Client, compress_after: PolicyAge, retention: Policy
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
     lifecycle
+}
+
+/// Sets the span of the chunks made from now on; those already made keep theirs.
+fn chunk_interval_sql(seconds: i64) -> String {
+    format!("SELECT set_chunk_time_interval('system_metrics', INTERVAL '{seconds} seconds')")
 }
 
 fn compression_sql(age: PolicyAge) -> Vec<String> {
@@ -253,5 +269,13 @@ mod tests {
         assert!(sql[1].contains("INTERVAL '2592000 seconds'"), "{sql:?}");
         assert_eq!(compression_sql(PolicyAge(None)).len(), 1);
         assert_eq!(compression_sql(PolicyAge(Some(3600))).len(), 3);
+    }
+
+    #[test]
+    fn the_chunk_interval_is_given_in_seconds() {
+        assert_eq!(
+            chunk_interval_sql(3600),
+            "SELECT set_chunk_time_interval('system_metrics', INTERVAL '3600 seconds')"
+        );
     }
 }
