@@ -450,17 +450,7 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
         .await
         .expect("dimension");
     assert_eq!(span(current), 3600);
-    let chunks: Vec<i64> = client
-        .query(
-            "SELECT extract(epoch FROM range_end - range_start)::bigint FROM timescaledb_information.chunks
-             WHERE hypertable_name = 'system_metrics' ORDER BY range_start",
-            &[],
-        )
-        .await
-        .expect("chunks")
-        .into_iter()
-        .map(span)
-        .collect();
+    let chunks = chunk_spans(&client).await;
     assert_eq!(chunks, [3600, 3600, 3600]);
     drop(app);
 
@@ -483,7 +473,14 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
         common::wait_for_count(&db, "SELECT count(*) FROM system_metrics", 4).await,
         4
     );
-    let chunks: Vec<i64> = client
+    let chunks = chunk_spans(&client).await;
+    assert_eq!(chunks, [86_400, 3600, 3600, 3600]);
+    drop(app);
+}
+
+/// The span in seconds of each chunk of `system_metrics`, oldest first.
+async fn chunk_spans(client: &tokio_postgres::Client) -> Vec<i64> {
+    client
         .query(
             "SELECT extract(epoch FROM range_end - range_start)::bigint FROM timescaledb_information.chunks
              WHERE hypertable_name = 'system_metrics' ORDER BY range_start",
@@ -491,9 +488,7 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
         )
         .await
         .expect("chunks")
-        .into_iter()
-        .map(span)
-        .collect();
-    assert_eq!(chunks, [86_400, 3600, 3600, 3600]);
-    drop(app);
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
