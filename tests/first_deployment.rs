@@ -189,10 +189,8 @@ async fn metrics_older_than_the_retention_window_are_rejected_where_retention_de
         eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
         return;
     }
-    let pg = OwnPostgres::start();
-    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
-    let mut pg = pg;
-    pg.restart();
+    let mut pg = OwnPostgres::start();
+    pg.preload_timescaledb();
     let db = TestDatabase::on(&pg.url());
     let topic = common::unique("metrics");
     common::create_topic(&topic).await;
@@ -278,8 +276,7 @@ async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_h
         .await
         .expect("insert a row");
 
-    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
-    pg.restart();
+    pg.preload_timescaledb();
 
     let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &empty));
     assert!(
@@ -334,8 +331,7 @@ async fn series_buckets_start_at_the_same_times_on_both_storages() {
         return;
     }
     let mut pg = OwnPostgres::start();
-    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
-    pg.restart();
+    pg.preload_timescaledb();
     check_bucket_origin(&TestDatabase::on(&pg.url()), "TimescaleDB").await;
 }
 
@@ -416,13 +412,11 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
         return;
     }
     let mut pg = OwnPostgres::start();
-    pg.configure("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off");
-    pg.restart();
+    pg.preload_timescaledb();
     let db = TestDatabase::on(&pg.url());
     let topic = common::unique("metrics");
     common::create_topic(&topic).await;
-    let group = common::unique("g");
-    let mut env = common::service_env(&topic, &group, &db);
+    let mut env = common::service_env(&topic, &common::unique("g"), &db);
     env.insert("TIMESCALE_CHUNK_INTERVAL".into(), "1h".into());
     let app = TestApp::spawn_consuming(env.clone());
     assert!(
@@ -440,16 +434,16 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
         3
     );
     let client = db.client().await;
-    let span = |row: tokio_postgres::Row| row.get::<_, i64>(0);
-    let current = client
+    let current: i64 = client
         .query_one(
             "SELECT extract(epoch FROM time_interval)::bigint FROM timescaledb_information.dimensions
              WHERE hypertable_name = 'system_metrics'",
             &[],
         )
         .await
-        .expect("dimension");
-    assert_eq!(span(current), 3600);
+        .expect("dimension")
+        .get(0);
+    assert_eq!(current, 3600);
     let chunks = chunk_spans(&client).await;
     assert_eq!(chunks, [3600, 3600, 3600]);
     drop(app);

@@ -172,6 +172,15 @@ impl OwnPostgres {
         std::fs::write(&conf, text).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
     }
 
+    /// Adds TimescaleDB to `shared_preload_libraries` and restarts, so that the service finds
+    /// it usable.
+    pub fn preload_timescaledb(&mut self) {
+        self.configure(
+            "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off",
+        );
+        self.restart();
+    }
+
     /// Replaces `pg_hba.conf`; it applies from the next [`OwnPostgres::restart`].
     pub fn set_hba(&self, rules: &str) {
         let hba = self.data.join("pg_hba.conf");
