@@ -225,7 +225,7 @@ pub struct BatchSettings {
 
     /// Database connections writing rows, each a batch writer owning a disjoint set of the
     /// assigned partitions; more than the partitions assigned leaves some idle.
-    #[arg(id = "writer_connections", value_name = "WRITER_CONNECTIONS", long = "writer-connections", env = "WRITER_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(id = "writer_connections", value_name = "WRITER_CONNECTIONS", long = "writer-connections", env = "WRITER_CONNECTIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub connections: u32,
 
     /// Mailbox capacity of each batch writer, in chunks.

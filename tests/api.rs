@@ -459,8 +459,8 @@ async fn prometheus_and_status_report_the_pipeline() {
         "panopticon_records_total{actor=\"writer\"} 20",
         "panopticon_rows_written_total 20",
         "panopticon_invalid_messages_total{reason=\"invalid_json\"} 1",
-        // The sum over the default two writer connections of 8 chunks each.
-        "panopticon_mailbox_capacity{actor=\"writer\"} 16",
+        // The sum over the default three writer connections of 8 chunks each.
+        "panopticon_mailbox_capacity{actor=\"writer\"} 24",
         "panopticon_writer_connection_rows_written_total{connection=\"0\"} 20",
         "panopticon_partition_committed_offset{partition=\"0\"} 20",
         "panopticon_flushes_total{trigger=\"time\"}",

@@ -75,7 +75,7 @@ fn help_lists_every_setting_with_its_default() {
         ("BATCH_MAX_WAIT_MS", "500"),
         ("VALIDATOR_MAILBOX_CAPACITY", "4"),
         ("WRITER_MAILBOX_CAPACITY", "8"),
-        ("WRITER_CONNECTIONS", "2"),
+        ("WRITER_CONNECTIONS", "3"),
         ("BATCH_FLUSH_WHEN_IDLE", "true"),
         ("METRIC_LOG_MAX_PER_SEC", "100"),
         ("REJECTION_LOG_MAX_PER_SEC", "100"),
