@@ -313,7 +313,14 @@ async fn connect_database(
         let attempt = async {
             db::migrate(url).await?;
             let client = db::connect(url, &timeouts).await?;
-            db::timescale::adopt(&client).await?;
+            // Bounded: it waits for the lifecycle's advisory lock, which another instance
+            // may hold.
+            db::within(
+                timeouts.statement,
+                "the TimescaleDB check",
+                db::timescale::adopt(&client),
+            )
+            .await?;
             let storage = db::within(
                 timeouts.statement,
                 "the storage check",
@@ -330,13 +337,24 @@ async fn connect_database(
                     storage.description
                 );
                 api_storage.set(if storage.hypertable {
-                    let lifecycle = db::timescale::apply(
-                        &client,
-                        settings.timescale.chunk_interval_secs,
-                        settings.timescale.compress_after,
-                        settings.timescale.retention,
+                    // Bounded as above; the connection is given up right after either way.
+                    let lifecycle = tokio::time::timeout(
+                        timeouts.statement,
+                        db::timescale::apply(
+                            &client,
+                            settings.timescale.chunk_interval_secs,
+                            settings.timescale.compress_after,
+                            settings.timescale.retention,
+                        ),
                     )
-                    .await;
+                    .await
+                    .unwrap_or_else(|_| {
+                        log::warn!(
+                            "TimescaleDB lifecycle skipped: the database did not answer within {} ms",
+                            timeouts.statement.as_millis()
+                        );
+                        db::timescale::Lifecycle::default()
+                    });
                     queries::Storage::Hypertable {
                         minute_aggregate: lifecycle.continuous_aggregate,
                     }

@@ -13,6 +13,10 @@ use std::time::Duration;
 use common::pg::{OwnPostgres, timescaledb_installed};
 use common::{TestApp, TestDatabase};
 
+/// The advisory lock under which instances adopt TimescaleDB and set up its lifecycle
+/// (`db::timescale`).
+const LIFECYCLE_LOCK_KEY: i64 = 0x5041_4e4f_5054_4944;
+
 /// The original guide's flow on a broker where only `metrics.system` was created by hand: a
 /// malformed message, then good ones. The service creates the dead-letter topic itself, so the
 /// bad message is dead-lettered and the good ones behind it are stored.
@@ -238,7 +242,8 @@ async fn metrics_older_than_the_retention_window_are_rejected_where_retention_de
 
 /// TimescaleDB installed but not in `shared_preload_libraries`: the service starts on a plain
 /// table and says in one WARN line what is missing. Preloaded later, an empty plain table is
-/// converted, and one holding rows is left plain with the statement that converts it.
+/// converted, and one holding rows is left plain with the statement that converts it; waiting
+/// for another instance's lock to convert is bounded by the statement timeout.
 #[tokio::test]
 async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_how_to_fix_it() {
     if !timescaledb_installed() {
@@ -278,11 +283,30 @@ async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_h
 
     pg.preload_timescaledb();
 
-    let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &empty));
+    // Another instance holds the lifecycle's advisory lock: this one waits for it no longer
+    // than its statement timeout, says why in /status, and converts once the lock is free.
+    let holder = empty.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&LIFECYCLE_LOCK_KEY])
+        .await
+        .expect("take the lifecycle's lock");
+    let mut env = common::service_env(&topic, &common::unique("g"), &empty);
+    env.insert("DATABASE_STATEMENT_TIMEOUT_MS".into(), "1000".into());
+    let app = TestApp::spawn(env);
+    app.wait_for_status("the TimescaleDB check to time out", |s| {
+        s["database"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer the TimescaleDB check within 1000 ms"))
+    })
+    .await;
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&LIFECYCLE_LOCK_KEY])
+        .await
+        .expect("release the lifecycle's lock");
     assert!(
         app.wait_for_log(
             "system_metrics converted to a TimescaleDB hypertable",
-            Duration::from_secs(10)
+            Duration::from_secs(30)
         )
         .is_some(),
         "{:#?}",
