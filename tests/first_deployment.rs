@@ -312,14 +312,13 @@ async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_h
         "{:#?}",
         app.lines()
     );
-    let status = app.status().await;
-    assert!(
-        status["database"]["storage"]
+    // The storage reaches /status once the lifecycle is set up, a moment after the log line.
+    app.wait_for_status("the hypertable in /status", |s| {
+        s["database"]["storage"]
             .as_str()
-            .unwrap_or_default()
-            .ends_with("hypertable"),
-        "{status:#}"
-    );
+            .is_some_and(|storage| storage.ends_with("hypertable"))
+    })
+    .await;
     drop(app);
 
     let app = TestApp::spawn_consuming(common::service_env(&topic, &common::unique("g"), &holding));
