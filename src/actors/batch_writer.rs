@@ -153,24 +153,27 @@ impl BatchWriter {
             let started = Instant::now();
             let mut batch = batch;
             let mut link = Link::new(&target, client, &stats);
-            let rejected = store(&mut link, &mut batch, &dead_letters).await;
-            (link.client, batch, rejected, started.elapsed())
+            let stored = store(&mut link, &mut batch, &dead_letters).await;
+            (link.client, batch, stored, started.elapsed())
         }
         .into_actor(self)
-        .map(move |(client, batch, rejected, took), act, _ctx| {
+        .map(move |(client, batch, stored, took), act, _ctx| {
             act.client = client;
-            act.finish_flush(batch, &rejected, took, trigger);
+            act.finish_flush(batch, &stored, took, trigger);
         })
     }
 
-    /// Counts and logs a stored batch, and tells the consumer which offsets to commit.
+    /// Counts and logs a stored batch, and tells the consumer which offsets to commit: none
+    /// when the database refused the offset moves, so that Kafka and `/status` never pass
+    /// what the database holds (the next batch's moves start from the last stored offsets).
     fn finish_flush(
         &mut self,
         batch: Batch<ValidMetric>,
-        rejected: &[usize],
+        stored: &Stored,
         took: Duration,
         trigger: Trigger,
     ) {
+        let rejected = &stored.rejected;
         let stored_rows = batch.rows.len() - rejected.len();
         self.count_flush(stored_rows, took, trigger);
         let allowed = match self.metric_log.lock() {
@@ -192,6 +195,9 @@ impl BatchWriter {
                 row.memory(),
                 row.time().to_rfc3339_opts(SecondsFormat::Millis, true)
             );
+        }
+        if !stored.offsets {
+            return;
         }
         let committed = self.ledger.stored(&batch.advances);
         if !committed.is_empty() {
@@ -234,14 +240,15 @@ impl BatchWriter {
 /// Stores the batch. A fenced write (the stored offset moved under this writer) is retried
 /// without what is already stored. A row the database refuses is isolated by splitting the
 /// batch, dead-lettered with the database's error, and skipped, so one bad row never blocks
-/// its batch. Answers with the refused rows' indexes.
+/// its batch.
 async fn store(
     link: &mut Link<'_>,
     batch: &mut Batch<ValidMetric>,
     dead_letters: &DeadLetters,
-) -> Vec<usize> {
+) -> Stored {
     let stats = link.stats;
     let mut rejected: Vec<usize> = Vec::new();
+    let mut offsets = true;
     let mut plan = Plan::new(batch.rows.len());
     while let Some((range, with_offsets)) = plan.next() {
         let advances: &[OffsetAdvance] = if with_offsets { &batch.advances } else { &[] };
@@ -283,13 +290,22 @@ async fn store(
                     rejected.push(index);
                 }
                 Refused::Offsets => {
+                    offsets = false;
                     stats.writer.errors.fetch_add(1, Ordering::Relaxed);
                     log::error!("database refused to store offsets {advances:?}: {e}");
                 }
             },
         }
     }
-    rejected
+    Stored { rejected, offsets }
+}
+
+/// What a flush stored.
+struct Stored {
+    /// The indexes of the rows the database refused (dead-lettered).
+    rejected: Vec<usize>,
+    /// Whether the batch's offset moves are stored.
+    offsets: bool,
 }
 
 /// Dead-letters a row the database refused, with the database's error.
