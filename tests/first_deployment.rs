@@ -81,8 +81,8 @@ async fn without_a_dead_letter_topic_the_guide_flow_stores_the_good_metrics() {
 
 /// A broker that refuses to create topics (no permission): one ERROR line naming the topic and
 /// the fix, `/ready` 503 with the reason, and `/status` showing the partition an invalid
-/// message holds and why. librdkafka's mock cluster stands in for a broker with ACLs, which
-/// tansu does not have.
+/// message holds and why. librdkafka's mock cluster refuses CreateTopics on every request, a
+/// refusal a broker whose ACLs deny Create gives too.
 #[tokio::test]
 async fn a_broker_refusing_to_create_the_dead_letter_topic_is_reported_and_holds_readiness() {
     use rdkafka::mocking::MockCluster;

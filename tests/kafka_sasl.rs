@@ -1,14 +1,10 @@
-//! SASL against a broker that really checks it: tansu with its libSQL storage, which keeps
-//! SCRAM credentials (its memory storage keeps none), behind a TLS terminator. The metric is
-//! stored over `sasl_ssl` with `SCRAM-SHA-512`, the password read from
+//! SASL against Apache Kafka's own `SASL_SSL` listener, the SCRAM credential made with Kafka's
+//! own tool (`org.apache.kafka.tools.ConfigCommand --add-config 'SCRAM-SHA-512=[password=…]'`). The
+//! metric is stored over `sasl_ssl` with `SCRAM-SHA-512`, the password read from
 //! `KAFKA_SASL_PASSWORD_FILE`; a wrong password gives a clear line and `/ready` 503.
-//!
-//! The broker is found where `TANSU_SASL` says (`.ci/test` builds it, `cargo install tansu
-//! --features libsql`, into a cache across checkouts and sets it), else in `target/tansu-libsql`.
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::tls::{Certs, TlsBroker, tls_client};
@@ -16,38 +12,17 @@ use common::*;
 
 const USER: &str = "panopticon";
 const PASSWORD: &str = "scram-Pa55word";
-const STORAGE: &str = "sqlite://tansu.db";
-
-fn sasl_tansu() -> PathBuf {
-    let path = std::env::var_os("TANSU_SASL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tansu-libsql/bin/tansu")
-        });
-    assert!(
-        path.exists(),
-        "no tansu with libSQL storage at {} (build it: cargo install --locked tansu --version 0.6.0 --features libsql --root target/tansu-libsql, as .ci/test does)",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test]
 async fn metrics_are_stored_over_sasl_ssl_with_scram_and_a_wrong_password_is_refused() {
     let certs = Certs::make();
-    let mut broker = TlsBroker::start(&certs, &sasl_tansu(), STORAGE);
+    let broker = TlsBroker::start(&certs, "SASL_SSL", &[]);
     let topic = unique("metrics");
-    // Users and topics are made before authentication is required, on the same storage.
-    broker.tool(&["user", "create", USER, PASSWORD, "--mechanism", "scram512"]);
-    broker.tool(&["topic", "create", &topic, "--partitions", "3"]);
-    broker.tool(&[
-        "topic",
-        "create",
-        &format!("{topic}.dlq"),
-        "--partitions",
-        "1",
-    ]);
-    broker.restart(STORAGE, true);
+    broker
+        .cluster
+        .add_scram_user("SCRAM-SHA-512", USER, PASSWORD)
+        .expect("make the SCRAM user");
+    create_topic_on(&broker.cluster.bootstrap(), &topic).await;
 
     let db = TestDatabase::create().await;
     let mut env = service_env(&topic, &unique("group"), &db);

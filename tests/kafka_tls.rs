@@ -1,5 +1,4 @@
-//! Kafka over TLS: tansu behind a real TLS terminator (socat), the broker advertising the
-//! terminator's port (tests/common/tls.rs). The guide's metric is stored over `ssl` with
+//! Kafka over TLS: Apache Kafka's own SSL listener (tests/common/tls.rs). The guide's metric is stored over `ssl` with
 //! `KAFKA_SSL_CA_LOCATION`, its dead letters and `panopticon simulate` go over the same
 //! secured connection, and an untrusted CA is named in one line and in `/ready`.
 
@@ -13,7 +12,7 @@ use common::*;
 #[tokio::test]
 async fn metrics_dead_letters_and_the_simulator_go_over_tls_and_an_untrusted_ca_is_named() {
     let certs = Certs::make();
-    let broker = TlsBroker::start(&certs, &tansu_binary(), "memory://tansu/");
+    let broker = TlsBroker::start(&certs, "SSL", &[]);
     let client = tls_client(&broker.address, &certs.path("ca.pem"));
     let topic = unique("metrics");
     create_topic_with(&client, &topic).await;

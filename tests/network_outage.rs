@@ -186,13 +186,44 @@ fn bounded_producer(brokers: &str) -> FutureProducer {
         .expect("producer")
 }
 
+/// A Kafka node of the test's own with a listener `PROXIED` on `port` that advertises
+/// `advertised` (the proxy in front of it): clients that bootstrap from the proxy are told to
+/// come back through it. Its brokers and controller talk over their own listeners, past the
+/// proxy.
+fn broker_behind(port: u16, advertised: &str) -> common::kafka::KafkaCluster {
+    let properties = [
+        (
+            "listeners",
+            format!(
+                "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},PROXIED://127.0.0.1:{port}"
+            ),
+        ),
+        (
+            "advertised.listeners",
+            format!("PLAINTEXT://127.0.0.1:{{port}},PROXIED://{advertised}"),
+        ),
+        (
+            "listener.security.protocol.map",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    common::kafka::KafkaCluster::start(common::kafka::ClusterOptions {
+        properties,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot start Apache Kafka: {e:#}"))
+}
+
 #[tokio::test]
 async fn a_broker_that_stops_answering_is_reconnected_without_loss_or_duplicates() {
     // A broker of the test's own, advertising the proxy: every client's connections, the
     // service's and the producer's, go through it.
     let broker_port = free_port();
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], broker_port)));
-    start_tansu_advertising(broker_port, &proxy.address());
+    let _cluster = broker_behind(broker_port, &proxy.address());
     let brokers = proxy.address();
     let topic = unique("metrics");
     create_topic_on(&brokers, &topic).await;

@@ -155,7 +155,7 @@ pub fn tansu_args(port: u16, advertised: &str, storage: &str) -> Vec<String> {
 /// Creates each topic with its number of partitions on the broker `client` connects to.
 pub async fn create_topics(client: &ClientConfig, topics: &[(&str, i32)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    // One topic a request: tansu answers only the first topic of a multi-topic request.
+    // One topic a request, so that an error names the topic it is about.
     for (topic, partitions) in topics {
         let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(1));
         let results = admin

@@ -92,7 +92,9 @@ pub fn run_tool(libs: &Path, class: &str, args: &[&str]) -> anyhow::Result<Strin
 }
 
 /// How to start a cluster: its size and the server properties every node adds to or overrides
-/// in [`Node::properties`] (listeners of other protocols, an authorizer, replication…).
+/// in [`KafkaCluster::properties`] (listeners of other protocols, an authorizer, replication…).
+/// In their values `{port}` and `{controller_port}` stand for the node's own PLAINTEXT and
+/// controller ports, so that a listener of another protocol can be added beside them.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub nodes: usize,
@@ -244,7 +246,12 @@ impl KafkaCluster {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        p.extend(self.options.properties.clone());
+        p.extend(self.options.properties.iter().map(|(k, v)| {
+            let v = v
+                .replace("{port}", &node.port.to_string())
+                .replace("{controller_port}", &node.controller_port.to_string());
+            (k.clone(), v)
+        }));
         p
     }
 
@@ -319,6 +326,11 @@ impl KafkaCluster {
         }
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].process.as_ref().map(Guarded::pid)
+    }
+
     /// Runs one of Kafka's tools against this cluster; `{bootstrap}` in an argument is
     /// replaced by [`KafkaCluster::bootstrap`].
     pub fn tool(&self, class: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -329,5 +341,31 @@ impl KafkaCluster {
             .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_tool(&self.libs, class, &args)
+    }
+
+    /// Gives `user` a SCRAM credential for `mechanism` (`SCRAM-SHA-256`, `SCRAM-SHA-512`) with
+    /// Kafka's own tool, over the PLAINTEXT listener.
+    pub fn add_scram_user(
+        &self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let config = format!("{mechanism}=[password={password}]");
+        self.tool(
+            "org.apache.kafka.tools.ConfigCommand",
+            &[
+                "--bootstrap-server",
+                "{bootstrap}",
+                "--alter",
+                "--add-config",
+                &config,
+                "--entity-type",
+                "users",
+                "--entity-name",
+                user,
+            ],
+        )?;
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Test harness: a real Kafka-protocol broker (tansu) shared by the tests of one process, a
+//! Test harness: Apache Kafka (`kafka.rs`) shared by the tests of one process, a
 //! fresh PostgreSQL database per test, and the `panopticon` binary started exactly as users
 //! start it, on port 0, with its log captured. Set `TEST_LOG=1` to see the logs.
 //!
@@ -19,7 +19,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,77 +28,52 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub const PARTITIONS: i32 = 3;
 
-/// The broker all tests of this process share; each test uses topics and a group of its own.
-pub fn broker() -> &'static str {
-    static BROKER: OnceLock<String> = OnceLock::new();
+/// The broker the tests of this process share, and the cluster it runs in unless
+/// `PANOPTICON_TEST_BROKERS` named one of somebody else's.
+struct SharedBroker {
+    bootstrap: String,
+    cluster: Option<Mutex<kafka::KafkaCluster>>,
+}
+
+fn shared_broker() -> &'static SharedBroker {
+    static BROKER: OnceLock<SharedBroker> = OnceLock::new();
     BROKER.get_or_init(|| {
-        if let Ok(brokers) = std::env::var("PANOPTICON_TEST_BROKERS") {
-            return brokers;
+        if let Ok(bootstrap) = std::env::var("PANOPTICON_TEST_BROKERS") {
+            return SharedBroker {
+                bootstrap,
+                cluster: None,
+            };
         }
+        // The cluster lives as long as the test process (statics are never dropped); its
+        // watchdogs end it and remove its data after the process is gone.
         let cluster = kafka::KafkaCluster::start(kafka::ClusterOptions::default())
             .unwrap_or_else(|e| panic!("cannot start Apache Kafka: {e:#}"));
-        let bootstrap = cluster.bootstrap();
-        // The broker lives as long as the test process; its watchdogs end it and remove its
-        // data after the process is gone.
-        std::mem::forget(cluster);
-        bootstrap
+        SharedBroker {
+            bootstrap: cluster.bootstrap(),
+            cluster: Some(Mutex::new(cluster)),
+        }
     })
 }
 
-/// `TANSU`, else the installed tansu.
-pub fn tansu_binary() -> PathBuf {
-    match std::env::var("TANSU") {
-        Ok(path) => PathBuf::from(path),
-        Err(_) => harness::installed_tansu(),
-    }
+/// The broker all tests of this process share; each test uses topics and a group of its own.
+pub fn broker() -> &'static str {
+    &shared_broker().bootstrap
+}
+
+/// Runs `f` on the shared cluster; a broker named by `PANOPTICON_TEST_BROKERS` is not ours to
+/// stop or freeze.
+pub fn with_shared_cluster<T>(f: impl FnOnce(&mut kafka::KafkaCluster) -> T) -> T {
+    let cluster = shared_broker()
+        .cluster
+        .as_ref()
+        .expect("this test freezes or stops the broker: unset PANOPTICON_TEST_BROKERS");
+    f(&mut cluster.lock().unwrap())
 }
 
 /// Runs a watchdog shell script in the background, its output discarded: it ends a server of
 /// the test's own once the test process is gone, since statics are never dropped.
 pub fn spawn_watchdog(script: &str) {
     harness::spawn_watchdog(script, &[]).expect("start a watchdog");
-}
-
-/// Starts tansu on a free port. A watchdog shell ends it when this test process exits, since
-/// statics are never dropped.
-fn start_tansu() -> String {
-    let port = free_port();
-    start_tansu_advertising(port, &format!("127.0.0.1:{port}"));
-    format!("127.0.0.1:{port}")
-}
-
-/// Starts a tansu of the test's own on `port` that tells its clients to connect to
-/// `advertised` (a proxy in front of it, say), and waits until it listens. It ends with the
-/// test process.
-pub fn start_tansu_advertising(port: u16, advertised: &str) {
-    let tansu = tansu_binary();
-    let script = format!(
-        "\"$0\" \"$@\" & b=$!; \
-         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null",
-        parent = std::process::id()
-    );
-    let log = if std::env::var_os("TEST_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    let mut watchdog = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(&tansu)
-        .args(harness::tansu_args(port, advertised, "memory://tansu/"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {} (install it: see README): {e}",
-                tansu.display()
-            )
-        });
-    // The watchdog outlives this call on purpose; it ends with the test process.
-    std::thread::spawn(move || watchdog.wait());
-    harness::wait_for_port(port, "tansu", || None).unwrap_or_else(|e| panic!("{e}"));
 }
 
 pub fn free_port() -> u16 {
@@ -158,10 +133,8 @@ pub fn topic_names() -> Vec<String> {
         .collect()
 }
 
-/// A producer of one record a batch. tansu 0.6 answers a fetch that starts inside a record
-/// batch from the next batch on, skipping the rest of that one: consumers that resume
-/// mid-batch (after a pause, a restart or a rebalance) would miss records through no fault
-/// of theirs.
+/// A producer that sends each record at once (`linger.ms=0`), so that what a test produces
+/// reaches the broker before the test goes on.
 pub fn producer() -> FutureProducer {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", broker());
@@ -170,11 +143,7 @@ pub fn producer() -> FutureProducer {
 
 /// [`producer`] of the broker `client` connects to.
 pub fn producer_on(mut client: ClientConfig) -> FutureProducer {
-    client
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .expect("producer")
+    client.set("linger.ms", "0").create().expect("producer")
 }
 
 /// Produces payloads to one partition, in order.
@@ -533,15 +502,15 @@ pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<St
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }
 
-/// Sends a signal (`STOP`, `CONT`) to the tansu broker this test process started.
+/// Sends a signal (`STOP`, `CONT`) to the shared broker.
 pub fn signal_broker(signal: &str) {
-    let address = broker();
-    let pattern = format!("listener-url tcp://{address}");
-    let status = Command::new("pkill")
-        .arg(format!("-{signal}"))
-        .arg("-f")
-        .arg(&pattern)
-        .status()
-        .expect("pkill");
-    assert!(status.success(), "no broker process matches {pattern}");
+    with_shared_cluster(|cluster| {
+        let pid = cluster.pid(0).expect("the shared broker runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    })
 }

@@ -1,15 +1,15 @@
 //! What the TLS and SASL tests need: certificates made by the `openssl` CLI (a CA, a server
 //! certificate it signs for `localhost`, a client certificate, and a second CA that signed
-//! none of them), and a Kafka-protocol broker behind a real TLS terminator: tansu 0.6.0 cannot
-//! take a certificate and a key at once, so `socat OPENSSL-LISTEN` terminates TLS in front of
-//! it and the broker advertises socat's port.
+//! none of them), and Apache Kafka with a TLS listener of its own.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use rdkafka::config::ClientConfig;
 
-use super::harness::{self, Guarded};
+use super::harness;
+use super::kafka::{ClusterOptions, KafkaCluster};
 
 /// Certificates in a temporary directory, removed on drop.
 pub struct Certs {
@@ -120,108 +120,75 @@ impl Certs {
     }
 }
 
-/// Starts `command`, its output discarded (stderr shown with `TEST_LOG`); it ends when
-/// dropped, and by a watchdog should the test process die first.
-fn guarded(name: &'static str, mut command: Command) -> Guarded {
-    let log = if std::env::var_os("TEST_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    Guarded::spawn(name, &mut command).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-pub fn wait_for_port(port: u16, what: &str) {
-    harness::wait_for_port(port, what, || None).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// tansu behind socat: clients speak TLS to `localhost:<port>`, which the broker advertises.
+/// Apache Kafka with a listener of its own for TLS clients (`SSL`, or `SASL_SSL` with SCRAM),
+/// bound to 127.0.0.1 and advertised as `localhost:<port>`, the name the server certificate
+/// carries; its PLAINTEXT listener stays for the tests' own set-up (topics, users).
 pub struct TlsBroker {
-    /// `localhost:<port>` of the TLS terminator.
+    /// `localhost:<port>` of the TLS listener.
     pub address: String,
-    tls_port: u16,
-    inner_port: u16,
-    tansu: PathBuf,
-    dir: tempfile::TempDir,
-    broker: Option<Guarded>,
-    _terminator: Guarded,
+    pub cluster: KafkaCluster,
 }
 
 impl TlsBroker {
-    /// Starts `tansu` with `storage` (a URL; `sqlite://…` is relative to a directory of the
-    /// broker's own) and socat in front of it, with the server certificate of `certs`.
-    pub fn start(certs: &Certs, tansu: &Path, storage: &str) -> TlsBroker {
-        let dir = tempfile::Builder::new()
-            .prefix("tls-broker-")
-            .tempdir()
-            .expect("temporary directory for the broker");
-        let inner_port = super::free_port();
+    /// Starts a one-node cluster whose `protocol` listener (`SSL` or `SASL_SSL`) presents the
+    /// server certificate of `certs`; `extra` properties are added (`ssl.client.auth`, …).
+    pub fn start(certs: &Certs, protocol: &str, extra: &[(&str, &str)]) -> TlsBroker {
         let tls_port = super::free_port();
-        let mut socat = Command::new("socat");
-        socat.arg(format!(
-            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-            certs.path("server.pem").display(),
-            certs.path("server.key").display()
-        ));
-        socat.arg(format!("TCP:127.0.0.1:{inner_port}"));
-        let terminator = guarded("socat", socat);
-        let mut broker = TlsBroker {
-            address: format!("localhost:{tls_port}"),
-            tls_port,
-            inner_port,
-            tansu: tansu.to_owned(),
-            dir,
-            broker: None,
-            _terminator: terminator,
+        let pem = |name: &str| {
+            String::from_utf8(certs.read(name))
+                .expect("PEM is text")
+                .trim()
+                .replace('\n', "\\n")
         };
-        broker.run_broker(storage, false);
-        wait_for_port(tls_port, "socat");
-        broker
-    }
-
-    /// Restarts the broker on the same storage, requiring SASL authentication or not.
-    pub fn restart(&mut self, storage: &str, authentication: bool) {
-        self.broker = None;
-        self.run_broker(storage, authentication);
-    }
-
-    /// Runs the broker's own command line tool against its plaintext port (`user create …`,
-    /// `topic create …`).
-    pub fn tool(&self, args: &[&str]) {
-        let broker = format!("tcp://127.0.0.1:{}", self.inner_port);
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--broker", &broker]);
-        let output = Command::new(&self.tansu)
-            .args(&full)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("run {} {full:?}: {e}", self.tansu.display()));
-        assert!(
-            output.status.success(),
-            "tansu {full:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn run_broker(&mut self, storage: &str, authentication: bool) {
-        let mut tansu = Command::new(&self.tansu);
-        tansu
-            .args(harness::tansu_args(
-                self.inner_port,
-                &format!("localhost:{}", self.tls_port),
-                storage,
-            ))
-            .current_dir(self.dir.path());
-        if authentication {
-            tansu.arg("--authentication");
+        let mut properties: BTreeMap<String, String> = [
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},{protocol}://127.0.0.1:{tls_port}"
+                ),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://127.0.0.1:{{port}},{protocol}://localhost:{tls_port}"),
+            ),
+            (
+                "listener.security.protocol.map",
+                format!("CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,{protocol}:{protocol}"),
+            ),
+            // Kafka reads PEM in its properties; an unencrypted key only inline, not from a file.
+            ("ssl.keystore.type", "PEM".to_owned()),
+            ("ssl.keystore.certificate.chain", pem("server.pem")),
+            ("ssl.keystore.key", pem("server.key")),
+            ("ssl.truststore.type", "PEM".to_owned()),
+            ("ssl.truststore.certificates", pem("ca.pem")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if protocol == "SASL_SSL" {
+            properties.insert(
+                "sasl.enabled.mechanisms".into(),
+                "SCRAM-SHA-256,SCRAM-SHA-512".into(),
+            );
+            for mechanism in ["scram-sha-256", "scram-sha-512"] {
+                properties.insert(
+                    format!("listener.name.sasl_ssl.{mechanism}.sasl.jaas.config"),
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+                );
+            }
         }
-        self.broker = Some(guarded("tansu", tansu));
-        wait_for_port(self.inner_port, "tansu");
+        properties.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let cluster = KafkaCluster::start(ClusterOptions {
+            properties,
+            ..ClusterOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start Apache Kafka with TLS: {e:#}"));
+        harness::wait_for_port(tls_port, "kafka's TLS listener", || None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        TlsBroker {
+            address: format!("localhost:{tls_port}"),
+            cluster,
+        }
     }
 }
 
