@@ -55,6 +55,11 @@ impl DeadLetters {
             .set("client.id", "panopticon-dead-letters")
             // Missing, the topic is made at start-up with its own settings, or reported.
             .set("allow.auto.create.topics", "false")
+            // Acknowledged by every in-sync replica, and written once however often a send is
+            // retried: a dead letter is acknowledged before its offset is stored, so a
+            // leader lost after its answer must not lose it, and a retry after a lost answer
+            // must not store it twice.
+            .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");

@@ -1,4 +1,5 @@
-//! The whole pipeline, end to end, against a Kafka-protocol broker (tansu) and PostgreSQL, with
+//! The whole pipeline, end to end, against Apache Kafka (one KRaft node the bench starts) and
+//! PostgreSQL, with
 //! the service binary started as users start it (default settings; only broker, topic, group,
 //! database and HTTP port set), compared in the same run with the limits on either side of it
 //! and with a naive consumer:
@@ -37,7 +38,8 @@
 //! | `BENCH_NAIVE_SECS`, `BENCH_NAIVE_MAX` | 20, 50000 | the naive service stops at either |
 //! | `BENCH_JSON` | `target/bench-pipeline.json` | the report |
 //! | `BENCH_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | where databases are created and dropped |
-//! | `TANSU` | `benches/broker/build-tansu.sh`'s build (the soak: `target/bench-broker/bin/tansu`, else `~/.cargo/bin/tansu`, else `tansu`) | the broker |
+//! | `BENCH_KAFKA_HEAP` | `512m` | the broker's JVM heap |
+//! | `KAFKA_LIBS` | `~/.cache/panopticon-ci/kafka-4.4.0/libs`, filled by Maven from `tests/kafka/pom.xml` | Apache Kafka's jars |
 //! | `BENCH_SERVICE_BIN` | the binary cargo built | |
 //! | `BENCH_SERVICE_ENV` | | `KEY=VALUE;…` given to the service on top of its defaults (shown in the report) |
 //! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
@@ -52,18 +54,12 @@
 //! a fresh service takes a steady stream with a bad message every second; each interval the
 //! bench samples its resident memory, open descriptors, threads and database connections, and
 //! at the end checks that every metric was stored once and every bad message dead-lettered,
-//! and whether the figures stayed flat. The producer batches for up to 100 ms: tansu's memory
-//! storage lists every batch of a partition on each fetch, so fewer, larger batches keep the
-//! broker's cost from growing into the figures over a long run. Report: `target/bench-soak.json`.
+//! and whether the figures stayed flat. The producer batches for up to 100 ms
+//! (`BENCH_SOAK_LINGER_MS`), as Fluent Bit's Kafka output does. Report: `target/bench-soak.json`.
 //!
-//! The broker must answer a fetch that starts inside a record batch with that batch, as Kafka
-//! does: the service pauses and resumes its partitions under backpressure, and librdkafka
-//! resumes at the position the service has read to, mostly inside a batch. A broker that
-//! answers with the next batch loses the rest of the current one; the bench checks this first.
-//! Stock tansu 0.6.0 does; it also fills a whole fetch response from one partition, where Kafka
-//! gives each at most `max.partition.fetch.bytes`, so a backlog would reach the writers one
-//! partition at a time. Unless `TANSU` names a broker, the bench runs tansu 0.6.0 built with
-//! these fixed (`benches/broker/build-tansu.sh`, about 10 minutes, once).
+//! The broker is Apache Kafka, started by the bench as the tests start it
+//! (`tests/common/kafka.rs`): one node, broker and controller, its data in a temporary
+//! directory, the JVM's CPU counted as the broker's in the samples.
 //!
 //! How latency is observed: the service stores a batch's rows and each partition's next offset
 //! (`kafka_offsets`) in one transaction, so the message at offset `o` of partition `p` is
@@ -79,8 +75,8 @@
 //! typed result that the `report` module turns into the table and the JSON; beside them the
 //! `settings`, the `broker`, the `service` process, `sampling` of `/proc`, `db` and `kafka`
 //! helpers, the simulated `pods` of the steady streams. What it shares with the tests
-//! (processes, the broker's command line, the service's output, topics, databases) is
-//! `tests/common/harness.rs`.
+//! (processes, the service's output, topics, databases) is `tests/common/harness.rs`, and the
+//! broker is `tests/common/kafka.rs`.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,6 +86,8 @@ use serde::{Serialize, Serializer};
 
 #[path = "../../tests/common/harness.rs"]
 mod harness;
+#[path = "../../tests/common/kafka.rs"]
+mod kafka_cluster;
 
 mod broker;
 mod db;
@@ -121,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(settings))
 }
 
-async fn run(mut settings: Settings) -> anyhow::Result<()> {
+async fn run(settings: Settings) -> anyhow::Result<()> {
     let tck = clock_ticks();
     let machine = start(&settings).await?;
     match settings.soak {
@@ -130,7 +128,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             run_soak(&settings, soak, broker, machine, tck).await
         }
         None => {
-            let broker = Broker::for_the_drain(&mut settings).await?;
+            let broker = Broker::start(&settings).await?;
             run_phases(settings, broker, machine, tck).await
         }
     }
@@ -157,7 +155,6 @@ async fn start(settings: &Settings) -> anyhow::Result<Machine> {
         load_average_at_end: String::new(),
         postgres: server_version(&settings.admin_url).await?,
         broker: None,
-        broker_fetches_inside_batches: None,
     })
 }
 
@@ -169,26 +166,15 @@ async fn run_soak(
     machine: Machine,
     tck: f64,
 ) -> anyhow::Result<()> {
-    if !broker.fetches_inside_batches {
-        eprintln!(
-            "WARNING: the broker ({}) answers a fetch that starts inside a record batch with \
-             the next batch. A steady stream never fetches from inside a batch, but should \
-             the service pause its partitions, records would be lost, and the count at the \
-             end would say so.",
-            settings.tansu.display()
-        );
-    }
     step(&format!(
         "soak: {} msg/s for {} s, a bad message every {} ms",
         soak.rate, soak.secs, soak.bad_every_ms
     ));
     checkpoint(&settings.admin_url).await;
     let report = soak::run(settings, soak, &broker.address, broker.pid(), tck).await?;
-    let fetches_inside_batches = broker.fetches_inside_batches;
     drop(broker);
     let machine = Machine {
-        broker: Some(settings.tansu.display().to_string()),
-        broker_fetches_inside_batches: Some(fetches_inside_batches),
+        broker: Some(Broker::describe(settings)),
         ..machine.at_end()
     };
     let table = soak::table(&report);

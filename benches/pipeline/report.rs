@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::broker::Broker;
 use crate::drain::Drain;
 use crate::latency::Latency;
 use crate::naive::Naive;
@@ -32,8 +33,6 @@ pub struct Machine {
     /// The soak's report names the broker here (a full run's does in `settings`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub broker_fetches_inside_batches: Option<bool>,
 }
 
 impl Machine {
@@ -173,7 +172,7 @@ fn heading(out: &mut String, settings: &Settings, machine: &Machine, phases: &Ph
     let preload = &phases.preload;
     let _ = writeln!(
         out,
-        "Panopticon pipeline: {n} messages ({:.1} MB), {} pods, {} partitions; {} CPUs, load average {} at start; PostgreSQL {} ({}); broker {} (memory storage)",
+        "Panopticon pipeline: {n} messages ({:.1} MB), {} pods, {} partitions; {} CPUs, load average {} at start; PostgreSQL {} ({}); broker {}",
         preload.payload_mb,
         settings.pods,
         settings.partitions,
@@ -181,7 +180,7 @@ fn heading(out: &mut String, settings: &Settings, machine: &Machine, phases: &Ph
         machine.load_average_at_start,
         machine.postgres,
         phases.drain.storage.as_str().unwrap_or("?"),
-        settings.tansu.display()
+        Broker::describe(settings)
     );
     let _ = writeln!(
         out,
@@ -284,7 +283,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
     let during = &drain.cpu_during_drain;
     let _ = writeln!(
         out,
-        "drain: first row {:.1} s after start, {} s first→last row; CPU s during it: service {}, postgres {}, tansu {}, bench {}, other {}; machine busy {}%",
+        "drain: first row {:.1} s after start, {} s first→last row; CPU s during it: service {}, postgres {}, broker {}, bench {}, other {}; machine busy {}%",
         drain.first_row_after_s,
         json_text(&drain.first_to_last_s),
         json_text(&during.service_cpu_s),
@@ -296,10 +295,12 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
     );
     let _ = writeln!(
         out,
-        "drain flushes: {}; service CPU {:.1} s in all, {:.2} µs a row during the drain",
+        "drain flushes: {}; service CPU {:.1} s in all; CPU a row during the drain: service {:.2} µs, broker {:.2} µs, postgres {:.2} µs",
         json_text(&drain.flushes),
         drain.service_cpu_s,
-        during.service_cpu_s * 1e6 / n as f64
+        during.service_cpu_s * 1e6 / n as f64,
+        during.broker_cpu_s * 1e6 / n as f64,
+        during.postgres_cpu_s * 1e6 / n as f64
     );
     let write_limit = &phases.write_limit;
     let _ = writeln!(

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, ensure};
 use serde::Serialize;
 
-use crate::broker::fixed_tansu_path;
-use crate::harness;
+use crate::broker::Broker;
 use crate::soak::Soak;
 
 pub struct Settings {
@@ -26,9 +25,8 @@ pub struct Settings {
     pub json: PathBuf,
     pub admin_url: String,
     pub service_bin: PathBuf,
-    pub tansu: PathBuf,
-    /// `TANSU` was set: use that broker or fail, never build one.
-    pub tansu_chosen: bool,
+    /// The broker's JVM heap (`BENCH_KAFKA_HEAP`).
+    pub kafka_heap: String,
     pub echo_log: bool,
     /// `BENCH_DRAIN_ONLY` is set: stop after the drain.
     pub drain_only: bool,
@@ -48,13 +46,6 @@ fn env_num<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Settings> {
-        let fixed = fixed_tansu_path();
-        let tansu_chosen = std::env::var_os("TANSU").is_some();
-        let tansu = match std::env::var("TANSU") {
-            Ok(path) => PathBuf::from(path),
-            Err(_) if fixed.exists() => fixed,
-            Err(_) => harness::installed_tansu(),
-        };
         let soak = match std::env::var("BENCH_SOAK_SECS") {
             Ok(_) => Some(Soak {
                 secs: env_num("BENCH_SOAK_SECS", 0)?,
@@ -92,8 +83,7 @@ impl Settings {
             service_bin: std::env::var("BENCH_SERVICE_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_panopticon"))),
-            tansu,
-            tansu_chosen,
+            kafka_heap: std::env::var("BENCH_KAFKA_HEAP").unwrap_or_else(|_| "512m".into()),
             echo_log: std::env::var_os("BENCH_LOG").is_some(),
             drain_only: std::env::var_os("BENCH_DRAIN_ONLY").is_some(),
             soak,
@@ -101,6 +91,15 @@ impl Settings {
         ensure!(settings.messages > 0, "BENCH_MESSAGES must be > 0");
         ensure!(settings.pods > 0, "BENCH_PODS must be > 0");
         ensure!(settings.partitions > 0, "BENCH_PARTITIONS must be > 0");
+        ensure!(
+            settings.kafka_heap.len() > 1
+                && settings.kafka_heap[..settings.kafka_heap.len() - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                && settings.kafka_heap.ends_with(['m', 'g']),
+            "BENCH_KAFKA_HEAP={:?} is not a JVM heap size such as 512m or 1g",
+            settings.kafka_heap
+        );
         ensure!(
             settings.service_bin.exists(),
             "service binary {} not found (cargo build --release, or set BENCH_SERVICE_BIN)",
@@ -129,7 +128,7 @@ impl Settings {
             naive_max: self.naive_max,
             service_bin: self.service_bin.display().to_string(),
             service_env: self.service_env_lines(),
-            broker: self.tansu.display().to_string(),
+            broker: Broker::describe(self),
             preload_batch: self.preload_batch,
         }
     }
