@@ -204,6 +204,7 @@ async fn instant(params: &Params, state: &ApiState) -> Result<Json, PromError> {
             "result": [seconds(at), format_value(v.first().copied().unwrap_or(f64::NAN))],
         }),
         Value::String(s) => json!({ "resultType": "string", "result": [seconds(at), s] }),
+        Value::Matrix(_) => return Err(PromError::unsupported("range vectors as results")),
         Value::Vector(series) => json!({
             "resultType": "vector",
             "result": series
@@ -261,7 +262,7 @@ async fn range(params: &Params, state: &ApiState) -> Result<Json, PromError> {
             points: v.into_iter().map(Some).collect(),
         }],
         Value::Vector(series) => series,
-        Value::String(_) => {
+        Value::String(_) | Value::Matrix(_) => {
             return Err(PromError::BadData(
                 "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
             ));

@@ -89,7 +89,9 @@ fn eval<'a>(
                         .collect();
                     Ok(Value::Vector(unique(series)?))
                 }
-                Value::String(_) => Err(PromError::BadData("unary minus of a string".into())),
+                Value::String(_) | Value::Matrix(_) => {
+                    Err(PromError::BadData("unary minus of a string".into()))
+                }
             },
             Plan::Aggregate {
                 op,

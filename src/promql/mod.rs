@@ -8,6 +8,7 @@
 //! and `pod_memory_usage_mib` (`memory`), with the labels `service`, `pod` (`pod_name`),
 //! `namespace`, `node` (`node_name`) and `job="panopticon"`.
 
+pub(crate) mod engine;
 pub mod eval;
 pub mod plan;
 pub mod sql;
@@ -159,6 +160,8 @@ pub enum Value {
     Vector(Vec<Series>),
     /// A string literal.
     String(String),
+    /// Series of samples: an instant query of a range vector (`x[5m]`), answered as a matrix.
+    Matrix(Vec<engine::SampleSeries>),
 }
 
 /// The bounds of one evaluation.
