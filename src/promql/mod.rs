@@ -11,6 +11,9 @@
 pub mod eval;
 pub mod plan;
 pub mod sql;
+// Read by the engine once `query` goes through it.
+#[allow(dead_code)]
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 
