@@ -32,7 +32,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use tokio::sync::Semaphore;
 
-use super::{JOB, Labels, Limits, Metric, NAME_LABEL, PromError, label_column};
+use super::{JOB, Labels, Limits, Metric, NAME_LABEL, PromError, Series, Steps, label_column};
 use crate::db::queries::DbPool;
 
 pub(crate) use interface::{SampleSeries, Selection, Storage, matches};
@@ -460,18 +460,8 @@ async fn read_part(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<Read>, PromError> {
-    let _permit = READER_PERMITS
-        .acquire()
-        .await
-        .map_err(|_| PromError::Unavailable("database unavailable: readers closed".into()))?;
-    let timeouts = pool.timeouts();
-    let client = crate::db::connect(pool.url(), &timeouts)
-        .await
-        .map_err(|e| {
-            log::warn!("PromQL read failed: {e}");
-            PromError::Unavailable(format!("database unavailable: {e}"))
-        })?;
-    let limit = timeouts.statement;
+    let (_permit, client) = reader(pool).await?;
+    let limit = pool.timeouts().statement;
     let mut conditions = vec![
         format!("time > {}", time_literal(from_ms)),
         // Times finer than a millisecond are read as their millisecond (floored), so the
@@ -761,6 +751,350 @@ fn read8(data: &[u8], at: usize) -> Result<[u8; 8], PromError> {
     data.get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(malformed)
+}
+
+/// What an instant vector selector is at each step: the newest sample of each series in
+/// `(t − lookback, t]` (Prometheus 3's left-open lookback), which a storage may answer from
+/// summaries without reading every sample. The engine calls [`StepStorage::latest`] for a
+/// selector that is not under a range; the default reads raw samples.
+pub(crate) trait StepStorage: Storage + Sync {
+    /// For each selection (its own range is ignored), each matching series over `steps`
+    /// (already shifted by any `offset`), sorted by labels; series without any point are left
+    /// out.
+    fn latest(
+        &self,
+        selections: &[Selection],
+        steps: Steps,
+        lookback_ms: i64,
+        limits: Limits,
+    ) -> impl std::future::Future<Output = Result<Vec<Vec<Series>>, PromError>> + Send {
+        latest_from_raw(self, selections, steps, lookback_ms, limits)
+    }
+}
+
+/// [`StepStorage::latest`] from raw samples.
+pub(crate) async fn latest_from_raw<S: Storage + Sync + ?Sized>(
+    storage: &S,
+    selections: &[Selection],
+    steps: Steps,
+    lookback_ms: i64,
+    limits: Limits,
+) -> Result<Vec<Vec<Series>>, PromError> {
+    let widened: Vec<Selection> = selections
+        .iter()
+        .map(|s| Selection {
+            matchers: s.matchers.clone(),
+            start_ms: steps.start_ms - lookback_ms,
+            end_ms: steps.last_ms(),
+        })
+        .collect();
+    let raw = storage.select(&widened, limits).await?;
+    Ok(raw
+        .into_iter()
+        .map(|series| {
+            series
+                .into_iter()
+                .filter_map(|s| {
+                    let points: Vec<Option<f64>> = (0..steps.n)
+                        .map(|i| {
+                            let t = steps.time(i);
+                            let at = s.timestamps.partition_point(|x| *x <= t);
+                            (at > 0 && s.timestamps[at - 1] > t - lookback_ms)
+                                .then(|| s.values[at - 1])
+                        })
+                        .collect();
+                    points.iter().any(Option::is_some).then_some(Series {
+                        labels: s.labels,
+                        points,
+                    })
+                })
+                .collect()
+        })
+        .collect())
+}
+
+impl StepStorage for PgStorage<'_> {
+    async fn latest(
+        &self,
+        selections: &[Selection],
+        steps: Steps,
+        lookback_ms: i64,
+        limits: Limits,
+    ) -> Result<Vec<Vec<Series>>, PromError> {
+        let aligned = steps.start_ms % MINUTE_MS == 0
+            && (steps.n == 1 || steps.step_ms % MINUTE_MS == 0)
+            && lookback_ms % MINUTE_MS == 0
+            && lookback_ms > 0;
+        if aligned
+            && let Some(answer) =
+                latest_from_minutes(self.pool, selections, steps, lookback_ms, limits).await?
+        {
+            return Ok(answer);
+        }
+        latest_from_raw(self, selections, steps, lookback_ms, limits).await
+    }
+}
+
+/// The span of one summary of `system_metrics_minutes`.
+const MINUTE_MS: i64 = 60_000;
+
+/// A reader connection: a permit of the process-wide bound and a connection of its own,
+/// whose statements the server ends at the statement timeout too.
+async fn reader(
+    pool: &DbPool,
+) -> Result<
+    (
+        tokio::sync::SemaphorePermit<'static>,
+        tokio_postgres::Client,
+    ),
+    PromError,
+> {
+    let permit = READER_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| PromError::Unavailable("database unavailable: readers closed".into()))?;
+    let timeouts = pool.timeouts();
+    let client = crate::db::connect(pool.url(), &timeouts)
+        .await
+        .map_err(|e| {
+            log::warn!("PromQL read failed: {e}");
+            PromError::Unavailable(format!("database unavailable: {e}"))
+        })?;
+    Ok((permit, client))
+}
+
+/// [`StepStorage::latest`] at steps on whole minutes with a lookback of whole minutes, from
+/// the minute summaries: the window `(t − lookback, t]` is exactly the minutes ending in
+/// `[t − lookback + 1 min, t]`, and the newest sample in it is the last of the newest of those
+/// minutes that has any. `None` where the table has no summaries (a hypertable).
+async fn latest_from_minutes(
+    pool: &DbPool,
+    selections: &[Selection],
+    steps: Steps,
+    lookback_ms: i64,
+    limits: Limits,
+) -> Result<Option<Vec<Vec<Series>>>, PromError> {
+    let limit = pool.timeouts().statement;
+    let budget = Budget {
+        left: std::sync::atomic::AtomicI64::new(limits.max_samples as i64),
+        limit: limits.max_samples,
+    };
+    let (_permit, client) = reader(pool).await?;
+    let reading = async {
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                limit.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| database_error(&e))?;
+        let kept: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_trigger
+                 WHERE tgrelid = 'system_metrics'::regclass
+                   AND tgname = 'system_metrics_minutes_insert' AND tgenabled <> 'D'",
+                &[],
+            )
+            .await
+            .map_err(|e| database_error(&e))?
+            .get(0);
+        if kept == 0 {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(selections.len());
+        for selection in selections {
+            out.push(latest_of(&client, selection, steps, lookback_ms, &budget).await?);
+        }
+        Ok(Some(out))
+    };
+    match tokio::time::timeout(limit, reading).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(limit)),
+    }
+}
+
+/// One selection's series from the minute summaries.
+async fn latest_of(
+    client: &tokio_postgres::Client,
+    selection: &Selection,
+    steps: Steps,
+    lookback_ms: i64,
+    budget: &Budget,
+) -> Result<Vec<Series>, PromError> {
+    let metrics = Metric::ALL.map(|m| may_match(&selection.matchers, m));
+    if !metrics.iter().any(|m| *m) {
+        return Ok(Vec::new());
+    }
+    let conditions = pushed(&selection.matchers);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, service, pod_name, namespace, node_name FROM system_metrics_series{}",
+                if conditions.is_empty() {
+                    String::new()
+                } else {
+                    format!(" WHERE {}", conditions.join(" AND "))
+                }
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| database_error(&e))?;
+    // The series wanted, each metric of each: (series id, metric) → labels.
+    let mut wanted: HashMap<(i32, usize), Labels> = HashMap::new();
+    for row in &rows {
+        let values: [String; 4] = [row.get(1), row.get(2), row.get(3), row.get(4)];
+        for metric in Metric::ALL {
+            if !metrics[metric_index(metric)] {
+                continue;
+            }
+            let labels = labels_of(metric, &values);
+            if matches(&selection.matchers, &labels) {
+                wanted.insert((row.get(0), metric_index(metric)), labels);
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<i32> = wanted.keys().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let columns: Vec<String> = Metric::ALL
+        .iter()
+        .map(|m| {
+            if metrics[metric_index(*m)] {
+                format!("{}_last", m.column())
+            } else {
+                "NULL::float8".into()
+            }
+        })
+        .collect();
+    let (start, step, last) = (steps.start_ms, steps.step_ms.max(1), steps.last_ms());
+    let in_series = if ids.len() == rows.len() {
+        String::new()
+    } else {
+        let list: Vec<String> = ids.iter().map(i32::to_string).collect();
+        format!(" AND series IN ({})", list.join(", "))
+    };
+    // A minute is read only if it ends within the lookback of the step at or after it.
+    let sql = format!(
+        "COPY (SELECT series, minute_ms, {columns} FROM system_metrics_minutes
+               WHERE minute_ms > {from} AND minute_ms <= {last}
+                 AND (minute_ms < {start} OR ({step} - (minute_ms - {start}) % {step}) % {step} <= {reach}){in_series})
+         TO STDOUT (FORMAT binary)",
+        columns = columns.join(", "),
+        from = start - lookback_ms,
+        reach = lookback_ms - MINUTE_MS,
+    );
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| database_error(&e))?;
+    let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
+    // (series id) → its minutes (end, [cpu, memory] last values).
+    let mut minutes: HashMap<i32, Vec<(i64, [f64; 2])>> = HashMap::new();
+    let mut data: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk?);
+        let mut at = 0;
+        if data.starts_with(SIGNATURE) {
+            let extension = i32::from_be_bytes(read4(&data, SIGNATURE.len() + 4)?) as usize;
+            at = SIGNATURE.len() + 8 + extension;
+        }
+        // Rows of 4 fields: series (4 bytes), minute (8), two values (8 or NULL).
+        loop {
+            let rest = &data[at..];
+            if rest.len() >= 2 && i16::from_be_bytes([rest[0], rest[1]]) == -1 {
+                at += 2;
+                break;
+            }
+            let Some(row) = minute_row(rest)? else {
+                break;
+            };
+            at += row.used;
+            budget.take(1)?;
+            minutes
+                .entry(row.series)
+                .or_default()
+                .push((row.minute_ms, row.values));
+        }
+        data.drain(..at);
+    }
+    let mut out = Vec::new();
+    for ((id, m), labels) in wanted {
+        let Some(list) = minutes.get_mut(&id) else {
+            continue;
+        };
+        list.sort_unstable_by_key(|(minute, _)| *minute);
+        let points: Vec<Option<f64>> = (0..steps.n)
+            .map(|i| {
+                let t = steps.time(i);
+                let at = list.partition_point(|(minute, _)| *minute <= t);
+                (at > 0 && list[at - 1].0 > t - lookback_ms).then(|| list[at - 1].1[m])
+            })
+            .collect();
+        if points.iter().any(Option::is_some) {
+            out.push(Series { labels, points });
+        }
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(out)
+}
+
+/// One row of the minute summaries' COPY.
+struct MinuteRow {
+    /// Bytes it took.
+    used: usize,
+    series: i32,
+    minute_ms: i64,
+    /// The last `cpu` and `memory` of the minute (NaN where not read).
+    values: [f64; 2],
+}
+
+/// The row at the start of `data`, if it is complete.
+fn minute_row(data: &[u8]) -> Result<Option<MinuteRow>, PromError> {
+    if data.len() < 2 {
+        return Ok(None);
+    }
+    if i16::from_be_bytes([data[0], data[1]]) != 4 {
+        return Err(malformed());
+    }
+    let mut at = 2;
+    let mut fields: [Option<&[u8]>; 4] = [None; 4];
+    for field in &mut fields {
+        let Some(length) = data.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let length = i32::from_be_bytes(read4(length, 0)?);
+        at += 4;
+        if length >= 0 {
+            let Some(bytes) = data.get(at..at + length as usize) else {
+                return Ok(None);
+            };
+            *field = Some(bytes);
+            at += length as usize;
+        }
+    }
+    let id = fields[0]
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_be_bytes)
+        .ok_or_else(malformed)?;
+    let minute = fields[1]
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(malformed)?;
+    let value = |f: Option<&[u8]>| {
+        f.and_then(|b| b.try_into().ok())
+            .map(f64::from_be_bytes)
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Some(MinuteRow {
+        used: at,
+        series: id,
+        minute_ms: minute,
+        values: [value(fields[2]), value(fields[3])],
+    }))
 }
 
 #[cfg(test)]
