@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod kafka;
 pub mod pg;
 pub mod proxy;
 pub mod tls;
@@ -34,7 +35,13 @@ pub fn broker() -> &'static str {
         if let Ok(brokers) = std::env::var("PANOPTICON_TEST_BROKERS") {
             return brokers;
         }
-        start_tansu()
+        let cluster = kafka::KafkaCluster::start(kafka::ClusterOptions::default())
+            .unwrap_or_else(|e| panic!("cannot start Apache Kafka: {e:#}"));
+        let bootstrap = cluster.bootstrap();
+        // The broker lives as long as the test process; its watchdogs end it and remove its
+        // data after the process is gone.
+        std::mem::forget(cluster);
+        bootstrap
     })
 }
 
