@@ -27,6 +27,19 @@ use crate::schema::system_metrics;
 pub struct DbPool {
     pool: Pool<AsyncPgConnection>,
     timeouts: Timeouts,
+    /// Where the pool connects, for readers that need a tokio-postgres connection of their own
+    /// (binary COPY, which diesel-async does not offer). Never logged: it may hold a password.
+    url: Arc<str>,
+}
+
+impl DbPool {
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
 }
 
 /// A pool that connects lazily: building it never touches the network. Its connections are
@@ -51,6 +64,7 @@ pub fn pool(url: &str, size: usize, timeouts: &Timeouts) -> Result<DbPool, Strin
     Ok(DbPool {
         pool,
         timeouts: *timeouts,
+        url: url.into(),
     })
 }
 

@@ -1,0 +1,10 @@
+DROP TRIGGER IF EXISTS system_metrics_minutes_insert ON system_metrics;
+DROP TRIGGER IF EXISTS system_metrics_minutes_delete ON system_metrics;
+DROP TRIGGER IF EXISTS system_metrics_minutes_update ON system_metrics;
+DROP TRIGGER IF EXISTS system_metrics_minutes_truncate ON system_metrics;
+DROP FUNCTION IF EXISTS system_metrics_minutes_insert();
+DROP FUNCTION IF EXISTS system_metrics_minutes_change();
+DROP FUNCTION IF EXISTS system_metrics_minutes_truncate();
+DROP FUNCTION IF EXISTS system_metrics_summary_statements(TEXT);
+DROP TABLE IF EXISTS system_metrics_minutes;
+DROP TABLE IF EXISTS system_metrics_series;
