@@ -7,6 +7,9 @@ use serde_json::Value;
 
 type Labels = BTreeMap<String, String>;
 
+/// How Panopticon's errors name a construct it does not evaluate.
+const UNSUPPORTED: &str = "not supported by Panopticon";
+
 /// How one query came out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -133,7 +136,12 @@ pub fn compare(theirs: &Value, ours: &Value, ordered: bool) -> Outcome {
     };
     match (theirs, ours) {
         // Where Prometheus refuses, Panopticon must refuse too, as bad data or as an
-        // execution error; `unavailable` would be the database failing, not an answer.
+        // execution error; `unavailable` would be the database failing, not an answer. A
+        // construct Panopticon does not evaluate at all is refused whatever Prometheus says:
+        // that it refuses the same query says nothing of why.
+        (_, Answer::Error(kind, e)) if e.contains(UNSUPPORTED) => {
+            Outcome::Refused(format!("{kind}: {e}"))
+        }
         (Answer::Error(_, _), Answer::Error(kind, _))
             if kind == "bad_data" || kind == "execution" =>
         {
@@ -161,6 +169,15 @@ pub fn compare(theirs: &Value, ours: &Value, ordered: bool) -> Outcome {
             kind(&a),
             kind(&b)
         )),
+    }
+}
+
+/// How many points an answer holds (a scalar is one); none for an error.
+pub fn points(envelope: &Value) -> usize {
+    match parse(envelope) {
+        Ok(Answer::Scalar(..)) => 1,
+        Ok(Answer::Series(_, series)) => series.iter().map(|s| s.points.len()).sum(),
+        _ => 0,
     }
 }
 

@@ -237,10 +237,11 @@ pub const EXPRESSIONS: &[(bool, &str, &str)] = &[
     ),
     // Errors Prometheus gives: many-to-many matching, duplicate series after relabelling.
     (true, "error many-to-many", "CPU / on(service) MEM"),
+    // No two pods share service, namespace and node: both labels must go for duplicates.
     (
         false,
         "error duplicate series",
-        r#"label_replace(CPU, "pod", "x", "pod", ".*")"#,
+        r#"label_replace(label_replace(CPU, "pod", "x", "pod", ".*"), "node", "x", "node", ".*")"#,
     ),
     // Subqueries.
     (true, "subquery", "max_over_time(rate(CPU[5m])[30m:1m])"),

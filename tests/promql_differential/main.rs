@@ -4,7 +4,8 @@
 //! several times and as range queries with steps finer and coarser than the 5-minute
 //! lookback. Answers must agree: the result type, the set of label sets, each point's
 //! timestamp, values within a relative 1e-9 (NaN equals NaN). Where Prometheus refuses a query,
-//! Panopticon must refuse it too (`bad_data` or `execution`; the wording may differ). The test
+//! Panopticon must refuse it too (`bad_data` or `execution`; the wording may differ), and not
+//! as a construct it does not evaluate (that counts as refused, whatever Prometheus says). The test
 //! prints a table (agree / DIFFER / REFUSED) and fails unless everything agrees.
 //!
 //! Prometheus 2.x, the oracle here, differs from the 3.x semantics Panopticon follows in ways
@@ -20,8 +21,8 @@
 //!   experimental in 3.x), native histograms and their functions (floats only here).
 //!
 //! Needs `prometheus` and `promtool` (Debian: `apt-get install prometheus`); without them the
-//! test fails saying so. `PROMQL_DIFF_ONLY=text` compares only the expressions containing
-//! `text`.
+//! test fails saying so. `PROMQL_DIFF_ONLY=text` compares only the constructs or expressions
+//! containing `text`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -133,10 +134,15 @@ impl Systems {
     }
 
     /// Asks both; the first disagreement of `paths`, `where` telling which query it was.
-    async fn ask(&self, paths: Vec<(String, String)>, ordered: bool) -> Outcome {
+    /// Also counts Prometheus's points, so that a vacuous agreement (nothing on either side)
+    /// shows in the table.
+    async fn ask(&self, paths: Vec<(String, String)>, ordered: bool) -> (Outcome, usize) {
         let mut outcome = Outcome::Agree;
+        let mut points = 0;
         for (place, path) in paths {
-            let o = compare::compare(&self.theirs(&path).await, &self.ours(&path).await, ordered);
+            let theirs = self.theirs(&path).await;
+            points += compare::points(&theirs);
+            let o = compare::compare(&theirs, &self.ours(&path).await, ordered);
             outcome = match (outcome, o) {
                 (Outcome::Differ(d), _) => Outcome::Differ(d),
                 (_, Outcome::Differ(d)) => Outcome::Differ(format!("{place}: {d}")),
@@ -145,7 +151,7 @@ impl Systems {
                 _ => Outcome::Agree,
             };
         }
-        outcome
+        (outcome, points)
     }
 }
 
@@ -162,7 +168,10 @@ async fn run(s: &Systems, fast: bool) {
     for &(_, family, expression) in exprs::EXPRESSIONS
         .iter()
         .filter(|e| !fast || e.0)
-        .filter(|e| only.as_deref().is_none_or(|o| e.2.contains(o)))
+        .filter(|e| {
+            only.as_deref()
+                .is_none_or(|o| e.1.contains(o) || e.2.contains(o))
+        })
     {
         let query = enc(&exprs::expand(expression));
         let ordered = expression.starts_with("sort");
@@ -190,16 +199,16 @@ async fn run(s: &Systems, fast: bool) {
             })
             .collect();
         let range = s.ask(ranges, false).await;
-        table.push((family, expression, "instant", instant));
-        table.push((family, expression, "range", range));
+        table.push((family, expression, "instant", instant.0, instant.1));
+        table.push((family, expression, "range", range.0, range.1));
     }
 
     let mut counts = [0usize; 3];
     println!(
-        "{:<26} {:<72} {:<8} result",
-        "construct", "expression", "query"
+        "{:<26} {:<72} {:<8} {:>6} result",
+        "construct", "expression", "query", "points"
     );
-    for (family, expression, kind, outcome) in &table {
+    for (family, expression, kind, outcome, points) in &table {
         let (word, detail) = match outcome {
             Outcome::Agree => ("agree", None),
             Outcome::Differ(d) => ("DIFFER", Some(d)),
@@ -210,7 +219,7 @@ async fn run(s: &Systems, fast: bool) {
             Outcome::Differ(_) => 1,
             Outcome::Refused(_) => 2,
         }] += 1;
-        println!("{family:<26} {expression:<72} {kind:<8} {word}");
+        println!("{family:<26} {expression:<72} {kind:<8} {points:>6} {word}");
         if let Some(detail) = detail {
             let short: String = detail.chars().take(240).collect();
             println!("    {short}");
