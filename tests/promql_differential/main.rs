@@ -246,7 +246,7 @@ async fn promql_agrees_with_prometheus_on_each_family() {
 
 /// Every expression, five instant times, three steps.
 #[tokio::test]
-#[ignore = "the whole comparison takes a few minutes; CI runs it with --ignored"]
+#[ignore = "the whole list of expressions; CI runs it with --ignored"]
 async fn promql_agrees_with_prometheus_on_every_construct() {
     let s = setup().await;
     run(&s, false).await;
