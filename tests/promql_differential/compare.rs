@@ -247,3 +247,63 @@ fn compare_series(theirs: Vec<Series>, ours: Vec<Series>, ordered: bool) -> Outc
     }
     Outcome::Agree
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vector(value: &str) -> Value {
+        json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"pod": "p"}, "value": [1700000000.5, value]}
+        ]}})
+    }
+
+    #[test]
+    fn values_agree_within_a_relative_1e9_and_nan_equals_nan() {
+        assert!(close(1.0, 1.0 + 1e-12));
+        assert!(!close(1.0, 1.0 + 1e-8));
+        assert!(close(f64::NAN, f64::NAN));
+        assert!(!close(f64::NAN, 0.0));
+        assert!(close(f64::INFINITY, f64::INFINITY));
+        assert!(!close(f64::INFINITY, f64::NEG_INFINITY));
+        // A timestamp in seconds one millisecond off is a difference.
+        assert!(!close(1_700_000_000.001, 1_700_000_000.002));
+    }
+
+    #[test]
+    fn a_wrong_value_a_missing_series_and_a_refusal_are_told_apart() {
+        assert_eq!(
+            compare(&vector("1.5"), &vector("1.5"), false),
+            Outcome::Agree
+        );
+        assert!(matches!(
+            compare(&vector("1.5"), &vector("1.6"), false),
+            Outcome::Differ(_)
+        ));
+        let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
+        assert!(matches!(
+            compare(&vector("1"), &empty, false),
+            Outcome::Differ(_)
+        ));
+        let refused = json!({"status": "error", "errorType": "execution",
+            "error": "not supported by Panopticon: the function rate()"});
+        assert!(matches!(
+            compare(&vector("1"), &refused, false),
+            Outcome::Refused(_)
+        ));
+        let theirs = json!({"status": "error", "errorType": "execution",
+            "error": "many-to-many matching not allowed"});
+        let ours = json!({"status": "error", "errorType": "execution",
+            "error": "many-to-many matching"});
+        assert_eq!(compare(&theirs, &ours, false), Outcome::Agree);
+        assert!(matches!(
+            compare(&theirs, &vector("1"), false),
+            Outcome::Differ(_)
+        ));
+        assert!(matches!(
+            compare(&theirs, &refused, false),
+            Outcome::Refused(_)
+        ));
+    }
+}

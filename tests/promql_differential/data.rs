@@ -81,6 +81,9 @@ pub fn rows(base_ms: i64) -> Vec<Row> {
                 _ => false,
             };
             if !silent {
+                // The pod's index in the hundredths (tenths for memory) and the sample's in
+                // smaller digits keep any two pods' values apart, so that topk and bottomk
+                // meet no ties, whose order Prometheus leaves open.
                 let wave = ((k * 37 + p * 53) % 97) as f64 + p as f64 * 0.01 + k as f64 * 1e-5;
                 let cpu = match kind {
                     Kind::Counter => {
@@ -96,7 +99,7 @@ pub fn rows(base_ms: i64) -> Vec<Row> {
                 let memory = if kind == Kind::Zero && k % 5 == 0 {
                     0.0
                 } else {
-                    100.0 + ((k * 11 + p * 29) % 61) as f64 * 8.0 + p as f64 * 0.1 + k as f64 * 1e-3
+                    100.0 + ((k * 11 + p * 29) % 61) as f64 * 8.0 + p as f64 * 0.1 + k as f64 * 1e-5
                 };
                 rows.push(Row {
                     t_ms: base_ms + s * 1000 + fraction_ms,
