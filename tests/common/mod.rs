@@ -14,6 +14,7 @@
 pub mod harness;
 pub mod kafka;
 pub mod pg;
+pub mod prometheus;
 pub mod proxy;
 pub mod tls;
 

@@ -1,0 +1,253 @@
+//! Differential test of the PromQL API: the same samples go into Panopticon (as Kafka
+//! messages, through the service users run) and into a real Prometheus (as TSDB blocks made
+//! by promtool), and each expression of `exprs.rs` is asked of both, as an instant query at
+//! several times and as range queries with steps finer and coarser than the 5-minute
+//! lookback. Answers must agree: the result type, the set of label sets, each point's
+//! timestamp, values within a relative 1e-9 (NaN equals NaN). Where Prometheus refuses a query,
+//! Panopticon must refuse it too (`bad_data` or `execution`; the wording may differ), and not
+//! as a construct it does not evaluate (that counts as refused, whatever Prometheus says). The test
+//! prints a table (agree / DIFFER / REFUSED) and fails unless everything agrees.
+//!
+//! Prometheus 2.x, the oracle here, differs from the 3.x semantics Panopticon follows in ways
+//! the data and the expressions steer clear of:
+//! - 2.x includes a sample lying exactly on the left edge of a lookback, range or subquery
+//!   window; 3.x excludes it. Every sample therefore lies at a whole second plus 137–247 ms,
+//!   every query time, range, offset and step is a whole number of seconds, and every query
+//!   time is 7 s past a multiple of 15 s, so that no subquery step (aligned to multiples of
+//!   its step: 30 s, 1 m, 5 m) meets a window's edge either.
+//! - `atan2` keeps `__name__` before 2.47: it is compared between name-less operands only.
+//! - Not compared at all: `holt_winters` (renamed and made experimental in 3.0),
+//!   `sort_by_label`, `limitk`, `limit_ratio`, `mad_over_time`, `info` (absent from 2.42 or
+//!   experimental in 3.x), native histograms and their functions (floats only here).
+//!
+//! Needs `prometheus` and `promtool` (Debian: `apt-get install prometheus`); without them the
+//! test fails saying so. `PROMQL_DIFF_ONLY=text` compares only the constructs or expressions
+//! containing `text`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod compare;
+mod data;
+mod exprs;
+
+use std::time::Duration;
+
+use common::prometheus::Prometheus;
+use common::*;
+use compare::Outcome;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use rdkafka::producer::FutureRecord;
+use serde_json::Value;
+
+/// Instant query times, seconds after the data's base: before the late pod starts, inside the
+/// gap pod's silence, around the counter reset, after the early pod ended, after the data end.
+const INSTANTS: [i64; 5] = [727, 2107, 2677, 3907, 6067];
+const FAST_INSTANTS: [i64; 2] = [2107, 3907];
+/// Range queries run from 5 m 7 s to 105 m 7 s after the base (past the data's end).
+const RANGE: (i64, i64) = (307, 6307);
+const STEPS: [i64; 3] = [15, 60, 420];
+const FAST_STEPS: [i64; 2] = [60, 420];
+
+struct Systems {
+    prometheus: Prometheus,
+    app: TestApp,
+    http: reqwest::Client,
+    base_s: i64,
+    _db: TestDatabase,
+}
+
+async fn setup() -> Systems {
+    // Three hours back, on a whole hour: the data ends 80 minutes before now.
+    let base_ms = (now_ms() / 3_600_000 - 3) * 3_600_000;
+    let rows = data::rows(base_ms);
+    // Prometheus first, so that a missing binary fails the test before anything else starts.
+    let prometheus = Prometheus::start(&data::openmetrics(&rows))
+        .await
+        .unwrap_or_else(|e| panic!("this test compares with a real Prometheus: {e:#}"));
+
+    let topic = unique("metrics");
+    create_topic(&topic).await;
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let producer = producer();
+    let payloads: Vec<(i32, Vec<u8>)> = rows
+        .iter()
+        .map(|r| {
+            let n: i32 = r
+                .pod
+                .trim_start_matches("pod-")
+                .parse()
+                .expect("pod number");
+            (n % PARTITIONS, data::message(r))
+        })
+        .collect();
+    // A few hundred sends in flight at once; each pod's rows keep their order in its partition.
+    for chunk in payloads.chunks(500) {
+        let sends = chunk.iter().map(|(partition, payload)| {
+            producer.send(
+                FutureRecord::<(), [u8]>::to(&topic)
+                    .partition(*partition)
+                    .payload(payload.as_slice()),
+                Duration::from_secs(10),
+            )
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            sent.map_err(|(e, _)| e).expect("produce");
+        }
+    }
+    let expected = rows.len() as i64;
+    let stored = wait_for_count(&db, "SELECT count(*) FROM system_metrics", expected).await;
+    assert_eq!(stored, expected, "rows stored by the service");
+    Systems {
+        prometheus,
+        app,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("HTTP client"),
+        base_s: base_ms / 1000,
+        _db: db,
+    }
+}
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+impl Systems {
+    /// Panopticon's answer; `Null` (compared as a difference) where there is no JSON.
+    async fn ours(&self, path_and_query: &str) -> Value {
+        let url = self
+            .app
+            .url(&format!("/prometheus/api/v1/{path_and_query}"));
+        match self.http.get(&url).send().await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    }
+
+    async fn theirs(&self, path_and_query: &str) -> Value {
+        self.prometheus
+            .api(path_and_query)
+            .await
+            .unwrap_or_else(|e| panic!("Prometheus: {e:#}"))
+    }
+
+    /// Asks both; the first disagreement of `paths`, `where` telling which query it was.
+    /// Also counts Prometheus's points, so that a vacuous agreement (nothing on either side)
+    /// shows in the table.
+    async fn ask(&self, paths: Vec<(String, String)>, ordered: bool) -> (Outcome, usize) {
+        let mut outcome = Outcome::Agree;
+        let mut points = 0;
+        for (place, path) in paths {
+            let theirs = self.theirs(&path).await;
+            points += compare::points(&theirs);
+            let o = compare::compare(&theirs, &self.ours(&path).await, ordered);
+            outcome = match (outcome, o) {
+                (Outcome::Differ(d), _) => Outcome::Differ(d),
+                (_, Outcome::Differ(d)) => Outcome::Differ(format!("{place}: {d}")),
+                (Outcome::Refused(r), _) => Outcome::Refused(r),
+                (_, Outcome::Refused(r)) => Outcome::Refused(format!("{place}: {r}")),
+                _ => Outcome::Agree,
+            };
+        }
+        (outcome, points)
+    }
+}
+
+/// Compares each expression (of the fast subset, or all), prints the table and fails unless
+/// every query agrees.
+async fn run(s: &Systems, fast: bool) {
+    let only = std::env::var("PROMQL_DIFF_ONLY").ok();
+    let (instants, steps): (&[i64], &[i64]) = if fast {
+        (&FAST_INSTANTS, &FAST_STEPS)
+    } else {
+        (&INSTANTS, &STEPS)
+    };
+    let mut table = Vec::new();
+    for &(_, family, expression) in exprs::EXPRESSIONS
+        .iter()
+        .filter(|e| !fast || e.0)
+        .filter(|e| {
+            only.as_deref()
+                .is_none_or(|o| e.1.contains(o) || e.2.contains(o))
+        })
+    {
+        let query = enc(&exprs::expand(expression));
+        let ordered = expression.starts_with("sort");
+        let at = instants
+            .iter()
+            .map(|t| {
+                (
+                    format!("at +{t}s"),
+                    format!("query?query={query}&time={}", s.base_s + t),
+                )
+            })
+            .collect();
+        let instant = s.ask(at, ordered).await;
+        let ranges = steps
+            .iter()
+            .map(|step| {
+                (
+                    format!("step {step}s"),
+                    format!(
+                        "query_range?query={query}&start={}&end={}&step={step}",
+                        s.base_s + RANGE.0,
+                        s.base_s + RANGE.1
+                    ),
+                )
+            })
+            .collect();
+        let range = s.ask(ranges, false).await;
+        table.push((family, expression, "instant", instant.0, instant.1));
+        table.push((family, expression, "range", range.0, range.1));
+    }
+
+    let mut counts = [0usize; 3];
+    println!(
+        "{:<26} {:<72} {:<8} {:>6} result",
+        "construct", "expression", "query", "points"
+    );
+    for (family, expression, kind, outcome, points) in &table {
+        let (word, detail) = match outcome {
+            Outcome::Agree => ("agree", None),
+            Outcome::Differ(d) => ("DIFFER", Some(d)),
+            Outcome::Refused(r) => ("REFUSED", Some(r)),
+        };
+        counts[match outcome {
+            Outcome::Agree => 0,
+            Outcome::Differ(_) => 1,
+            Outcome::Refused(_) => 2,
+        }] += 1;
+        println!("{family:<26} {expression:<72} {kind:<8} {points:>6} {word}");
+        if let Some(detail) = detail {
+            let short: String = detail.chars().take(240).collect();
+            println!("    {short}");
+        }
+    }
+    let summary = format!(
+        "{} comparisons: {} agree, {} DIFFER, {} REFUSED",
+        table.len(),
+        counts[0],
+        counts[1],
+        counts[2]
+    );
+    println!("{summary}");
+    assert!(!table.is_empty(), "no expression matches PROMQL_DIFF_ONLY");
+    assert_eq!(counts[0], table.len(), "{summary}");
+}
+
+/// At least one expression of each family, two instant times, two steps.
+#[tokio::test]
+async fn promql_agrees_with_prometheus_on_each_family() {
+    let s = setup().await;
+    run(&s, true).await;
+}
+
+/// Every expression, five instant times, three steps.
+#[tokio::test]
+#[ignore = "the whole list of expressions; CI runs it with --ignored"]
+async fn promql_agrees_with_prometheus_on_every_construct() {
+    let s = setup().await;
+    run(&s, false).await;
+}
