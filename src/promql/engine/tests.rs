@@ -197,6 +197,28 @@ fn instant_selectors_look_back_five_minutes_left_open() {
 }
 
 #[test]
+fn the_lookback_edge_is_excluded_at_every_step_of_a_range_query() {
+    let mem = Mem::load(60, &[("x", "1 2")]);
+    let steps = Steps {
+        start_ms: 60_000,
+        step_ms: 299_000,
+        n: 2,
+    };
+    let Ok(Value::Vector(s)) = run(&mem, "x", steps, LIMITS) else {
+        panic!();
+    };
+    assert_eq!(s[0].points, vec![Some(2.0), Some(2.0)]);
+    let steps = Steps {
+        step_ms: 300_000,
+        ..steps
+    };
+    let Ok(Value::Vector(s)) = run(&mem, "x", steps, LIMITS) else {
+        panic!();
+    };
+    assert_eq!(s[0].points, vec![Some(2.0), None]);
+}
+
+#[test]
 fn offsets_and_at_move_the_read_time() {
     let mem = Mem::load(60, &[("x", "0+1x10")]);
     check(&mem, "x offset 2m", 300, &[("{__name__=\"x\"}", 3.0)]);
