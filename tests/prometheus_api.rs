@@ -894,68 +894,35 @@ async fn errors_are_named_in_the_prometheus_envelope() {
         (
             format!(
                 "query?query={}&time={at}",
-                enc("rate(pod_cpu_usage_percent[5m])")
+                enc("histogram_quantile(0.9, pod_cpu_usage_percent)")
             ),
             422,
             "execution",
-            "rate",
+            "histogram_quantile",
         ),
         (
             format!(
                 "query?query={}&time={at}",
-                enc("stddev(pod_cpu_usage_percent)")
+                enc("mad_over_time(pod_cpu_usage_percent[5m])")
             ),
             422,
             "execution",
-            "stddev",
+            "experimental",
         ),
         (
             format!(
                 "query?query={}&time={at}",
-                enc("pod_cpu_usage_percent and pod_memory_usage_mib")
+                enc(r#"pod_cpu_usage_percent{pod=~"(?P<x"}"#)
             ),
-            422,
-            "execution",
-            "and",
+            400,
+            "bad_data",
+            "parse error",
         ),
         (
             format!(
-                "query?query={}&time={at}",
-                enc("pod_cpu_usage_percent / on(pod) group_left pod_memory_usage_mib")
+                "query_range?query={}&{range}",
+                enc("pod_cpu_usage_percent[5m]")
             ),
-            422,
-            "execution",
-            "group_left",
-        ),
-        (
-            format!(
-                "query?query={}&time={at}",
-                enc("pod_cpu_usage_percent @ 100")
-            ),
-            422,
-            "execution",
-            "@",
-        ),
-        (
-            format!(
-                "query?query={}&time={at}",
-                enc("max_over_time(pod_cpu_usage_percent[10m:1m])")
-            ),
-            422,
-            "execution",
-            "subqueries",
-        ),
-        (
-            format!(
-                "query?query={}&time={at}",
-                enc(r#"pod_cpu_usage_percent{pod=~"\\ba"}"#)
-            ),
-            422,
-            "execution",
-            "escape",
-        ),
-        (
-            format!("query?query={}&time={at}", enc("pod_cpu_usage_percent[5m]")),
             400,
             "bad_data",
             "range vector",

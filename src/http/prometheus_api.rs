@@ -204,7 +204,22 @@ async fn instant(params: &Params, state: &ApiState) -> Result<Json, PromError> {
             "result": [seconds(at), format_value(v.first().copied().unwrap_or(f64::NAN))],
         }),
         Value::String(s) => json!({ "resultType": "string", "result": [seconds(at), s] }),
-        Value::Matrix(_) => return Err(PromError::unsupported("range vectors as results")),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series
+                .iter()
+                .filter(|s| !s.timestamps.is_empty())
+                .map(|s| json!({
+                    "metric": metric_json(&s.labels),
+                    "values": s
+                        .timestamps
+                        .iter()
+                        .zip(&s.values)
+                        .map(|(t, v)| json!([seconds(*t), format_value(*v)]))
+                        .collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
+        }),
         Value::Vector(series) => json!({
             "resultType": "vector",
             "result": series
@@ -249,6 +264,7 @@ fn range_steps(params: &Params, state: &ApiState) -> Result<Steps, PromError> {
         start_ms: start,
         step_ms: step,
         n: n as usize,
+        end_ms: end,
     })
 }
 

@@ -127,6 +127,8 @@ pub struct Steps {
     pub start_ms: i64,
     pub step_ms: i64,
     pub n: usize,
+    /// The `end` the query asked for, which `end()` names: at or after the last step.
+    pub end_ms: i64,
 }
 
 impl Steps {
@@ -135,6 +137,7 @@ impl Steps {
             start_ms: at_ms,
             step_ms: 1,
             n: 1,
+            end_ms: at_ms,
         }
     }
 
@@ -197,8 +200,7 @@ pub async fn query(
     limits: Limits,
 ) -> Result<Value, PromError> {
     let expr = parse(query)?;
-    let plan = plan::plan(&expr, limits)?;
-    eval::evaluate(pool, &plan, steps, limits).await
+    engine::evaluate(&store::PgStorage::new(pool), &expr, steps, limits).await
 }
 
 /// Parses a query; the parser's own errors are `bad_data`, and so is a panic of the parser

@@ -35,50 +35,7 @@ use tokio::sync::Semaphore;
 use super::{JOB, Labels, Limits, Metric, NAME_LABEL, PromError, Series, Steps, label_column};
 use crate::db::queries::DbPool;
 
-pub(crate) use interface::{SampleSeries, Selection, Storage, matches};
-
-/// The engine's view of storage, as the engine defines it.
-mod interface {
-    use promql_parser::label::Matchers;
-
-    use super::super::{Labels, Limits, PromError};
-
-    pub(crate) struct Selection {
-        pub matchers: Matchers,
-        pub start_ms: i64,
-        pub end_ms: i64,
-    }
-
-    pub(crate) struct SampleSeries {
-        pub labels: Labels,
-        pub timestamps: Vec<i64>,
-        pub values: Vec<f64>,
-    }
-
-    pub(crate) trait Storage {
-        fn select(
-            &self,
-            selections: &[Selection],
-            limits: Limits,
-        ) -> impl std::future::Future<Output = Result<Vec<Vec<SampleSeries>>, PromError>> + Send;
-    }
-
-    pub(crate) fn matches(matchers: &Matchers, labels: &Labels) -> bool {
-        let one = |group: &[promql_parser::label::Matcher]| {
-            group
-                .iter()
-                .all(|m| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or_default()))
-        };
-        if matchers.or_matchers.is_empty() {
-            one(&matchers.matchers)
-        } else {
-            matchers
-                .or_matchers
-                .iter()
-                .any(|group| one(group) && one(&matchers.matchers))
-        }
-    }
-}
+pub(crate) use super::engine::{SampleSeries, Selection, Storage, matches};
 
 /// Connections one scan splits its time range among.
 const PARTS: usize = 2;

@@ -145,7 +145,7 @@ pub(super) fn offset_ms(offset: &Option<Offset>) -> Result<i64, PromError> {
 pub(super) fn at_ms(at: &Option<AtModifier>, query: Steps) -> Option<i64> {
     match at.as_ref()? {
         AtModifier::Start => Some(query.start_ms),
-        AtModifier::End => Some(query.last_ms()),
+        AtModifier::End => Some(query.end_ms),
         AtModifier::At(t) => Some(match t.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),

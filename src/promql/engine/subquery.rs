@@ -43,6 +43,7 @@ pub(super) fn inner_steps(
         start_ms: start,
         step_ms: step,
         n,
+        end_ms: start + (n as i64 - 1).max(0) * step,
     })
 }
 

@@ -203,6 +203,7 @@ fn the_lookback_edge_is_excluded_at_every_step_of_a_range_query() {
         start_ms: 60_000,
         step_ms: 299_000,
         n: 2,
+        end_ms: 359000,
     };
     let Ok(Value::Vector(s)) = run(&mem, "x", steps, LIMITS) else {
         panic!();
@@ -229,6 +230,7 @@ fn offsets_and_at_move_the_read_time() {
         start_ms: 120_000,
         step_ms: 60_000,
         n: 4,
+        end_ms: 300000,
     };
     for (q, v) in [("x @ start()", 2.0), ("x @ end()", 5.0)] {
         let Ok(Value::Vector(s)) = run(&mem, q, steps, LIMITS) else {
@@ -250,6 +252,7 @@ fn a_range_selector_alone_is_a_matrix_of_an_instant_query() {
         start_ms: 0,
         step_ms: 60_000,
         n: 2,
+        end_ms: 60000,
     };
     assert!(matches!(
         run(&mem, "x[2m]", steps, LIMITS),
@@ -505,6 +508,7 @@ fn limits_bound_samples_and_ranges() {
         start_ms: 0,
         step_ms: 1_000,
         n: 11,
+        end_ms: 10000,
     };
     let small = Limits {
         max_samples: 20,
@@ -572,6 +576,7 @@ fn range_queries_give_series_over_the_steps() {
         start_ms: 0,
         step_ms: 120_000,
         n: 4,
+        end_ms: 360000,
     };
     let Ok(Value::Vector(s)) = run(&mem, "sum(x)", steps, LIMITS) else {
         panic!();
@@ -619,6 +624,7 @@ fn timing_of_a_day_over_500_series() {
         start_ms: 60_000,
         step_ms: 60_000,
         n: (day_ms / 60_000) as usize,
+        end_ms: 60_000 + ((day_ms / 60_000) as usize as i64 - 1) * 60_000,
     };
     for query in [
         "pod_cpu_usage_percent",
