@@ -134,12 +134,45 @@ pub struct KafkaSettings {
     #[arg(id = "kafka_consumer_config", value_name = "KAFKA_CONSUMER_CONFIG", long = "kafka-consumer-config", env = "KAFKA_CONSUMER_CONFIG", default_value = "", value_parser = parse_properties)]
     pub consumer_config: Properties,
 
+    /// Consumer group protocol: `classic` (the group's leader assigns partitions, every
+    /// broker since Kafka 0.10 has it) or `consumer` (KIP-848: the broker assigns them, Kafka
+    /// 4.0 and later; session timeout, heartbeat and assignment strategy are then the
+    /// broker's group settings).
+    #[arg(
+        id = "kafka_group_protocol",
+        value_name = "KAFKA_GROUP_PROTOCOL",
+        long = "kafka-group-protocol",
+        env = "KAFKA_GROUP_PROTOCOL",
+        default_value = "classic",
+        value_enum
+    )]
+    pub group_protocol: GroupProtocol,
+
     /// Most Kafka records the consumer hands to the validator in one chunk.
     #[arg(id = "consumer_chunk_max", value_name = "CONSUMER_CHUNK_MAX", long = "consumer-chunk-max", env = "CONSUMER_CHUNK_MAX", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk_max: u32,
 
     #[command(flatten)]
     pub security: KafkaSecurity,
+}
+
+/// The consumer group protocol (`group.protocol` of librdkafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupProtocol {
+    /// The group's leader assigns the partitions; rebalances are cooperative-sticky.
+    Classic,
+    /// KIP-848: the group coordinator assigns the partitions, one member at a time.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
 }
 
 /// How every database connection is made and bounded: the writer's, the API's, start-up's.

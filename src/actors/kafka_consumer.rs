@@ -59,11 +59,31 @@ const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "16384"),
     ("topic.metadata.refresh.interval.ms", "10000"),
     ("statistics.interval.ms", "5000"),
+];
+
+/// Defaults of the classic group protocol only: under KIP-848's `consumer` protocol the session
+/// timeout, the heartbeat and the assignor are the broker's group settings, and librdkafka
+/// refuses a consumer that sets them.
+const CLASSIC_PROPERTIES: &[(&str, &str)] = &[
     ("session.timeout.ms", "30000"),
     // Incremental rebalances: a member joining or leaving moves only the partitions that
     // change hands, and the others keep flowing.
     ("partition.assignment.strategy", "cooperative-sticky"),
 ];
+
+/// The group protocol the consumer speaks: `group.protocol` of `KAFKA_CONSUMER_CONFIG` where
+/// given (it overrides everything else), else `KAFKA_GROUP_PROTOCOL`.
+fn group_protocol(settings: &KafkaSettings) -> &str {
+    settings
+        .consumer_config
+        .0
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "group.protocol")
+        .map_or(settings.group_protocol.as_str(), |(_, value)| {
+            value.as_str()
+        })
+}
 
 /// The consumer's librdkafka configuration: Panopticon's defaults, the network bounds, the
 /// security settings, then the user's own properties.
@@ -75,6 +95,13 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
         .set("client.id", "panopticon");
     for (key, value) in DEFAULT_PROPERTIES {
         config.set(*key, *value);
+    }
+    let protocol = group_protocol(settings);
+    config.set("group.protocol", protocol);
+    if protocol != "consumer" {
+        for (key, value) in CLASSIC_PROPERTIES {
+            config.set(*key, *value);
+        }
     }
     crate::kafka_security::bound_network(&mut config, settings.socket_timeout_ms);
     settings.security.apply(&mut config);

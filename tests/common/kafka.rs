@@ -316,6 +316,20 @@ impl KafkaCluster {
         self.wait_listening(i)
     }
 
+    /// Starts every stopped node again on its data, all before waiting for any: a KRaft node
+    /// may wait for a quorum of its voters before it listens.
+    pub fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].process.is_none() {
+                self.spawn(i)?;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_listening(i)?;
+        }
+        Ok(())
+    }
+
     /// Sends a signal (`STOP`, `CONT`) to node `i`.
     pub fn signal(&self, i: usize, signal: &str) {
         if let Some(process) = &self.nodes[i].process {
