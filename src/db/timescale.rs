@@ -129,16 +129,9 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
         );
         return Ok(());
     }
-    // TimescaleDB refuses a hypertable whose triggers have transition tables: the minute
-    // summaries' triggers go first, in the same implicit transaction (the table is empty, so
-    // are its summaries, which PromQL no longer reads without the triggers).
     match client
         .batch_execute(
-            "DROP TRIGGER IF EXISTS system_metrics_minutes_insert ON system_metrics; \
-             DROP TRIGGER IF EXISTS system_metrics_minutes_delete ON system_metrics; \
-             DROP TRIGGER IF EXISTS system_metrics_minutes_update ON system_metrics; \
-             DROP TRIGGER IF EXISTS system_metrics_minutes_truncate ON system_metrics; \
-             SELECT create_hypertable('system_metrics', 'time', \
+            "SELECT create_hypertable('system_metrics', 'time', \
              chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)",
         )
         .await
