@@ -1,6 +1,6 @@
 //! The building blocks the test harness shares with the pipeline benchmark, which includes this
 //! file (`benches/pipeline/main.rs`): free ports, processes that end with the caller however it
-//! ends, the tansu broker's command line, the service binary with its output read line by line,
+//! ends, the service binary with its output read line by line,
 //! topics, and databases created and dropped. Each answers an error instead of panicking; the
 //! tests' helpers in `mod.rs` and `tls.rs` turn errors into panics, the benchmark reports them.
 
@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -119,37 +119,6 @@ pub fn wait_for_port(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// `$CARGO_HOME/bin/tansu` (`~/.cargo/bin/tansu`) where it is installed, else `tansu` from
-/// the `PATH`.
-pub fn installed_tansu() -> PathBuf {
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    let installed = cargo_home.join("bin/tansu");
-    if installed.exists() {
-        installed
-    } else {
-        PathBuf::from("tansu")
-    }
-}
-
-/// tansu's arguments for a broker listening on `port` of 127.0.0.1 that tells its clients to
-/// connect to `advertised` (`host:port`), keeping its data in `storage` (`memory://tansu/`).
-pub fn tansu_args(port: u16, advertised: &str, storage: &str) -> Vec<String> {
-    [
-        "broker".to_owned(),
-        "--listener-url".to_owned(),
-        format!("tcp://127.0.0.1:{port}"),
-        "--advertised-listener-url".to_owned(),
-        format!("tcp://{advertised}"),
-        "--storage-engine".to_owned(),
-        storage.to_owned(),
-    ]
-    .into()
 }
 
 /// Creates each topic with its number of partitions on the broker `client` connects to.
