@@ -336,9 +336,10 @@ pub struct ApiSettings {
     #[arg(id = "api_max_buckets", value_name = "API_MAX_BUCKETS", long = "api-max-buckets", env = "API_MAX_BUCKETS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_buckets: u32,
 
-    /// Most samples (series × steps) one PromQL query of `/prometheus/api/v1` may load or
-    /// hold; more is refused with 422.
-    #[arg(id = "prometheus_max_samples", value_name = "PROMETHEUS_MAX_SAMPLES", long = "prometheus-max-samples", env = "PROMETHEUS_MAX_SAMPLES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    /// Most samples one PromQL query of `/prometheus/api/v1` may read and hold (those read
+    /// plus every intermediate result's points; 16 bytes each); more is refused with 422. The
+    /// default holds a day of 500 pods at a 10 s interval with its result.
+    #[arg(id = "prometheus_max_samples", value_name = "PROMETHEUS_MAX_SAMPLES", long = "prometheus-max-samples", env = "PROMETHEUS_MAX_SAMPLES", default_value_t = 10_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub prometheus_max_samples: u32,
 
     /// Connections the REST API may hold to the database.

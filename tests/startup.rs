@@ -80,7 +80,7 @@ fn help_lists_every_setting_with_its_default() {
         ("METRIC_LOG_MAX_PER_SEC", "100"),
         ("REJECTION_LOG_MAX_PER_SEC", "100"),
         ("SHUTDOWN_TIMEOUT_MS", "30000"),
-        ("PROMETHEUS_MAX_SAMPLES", "1000000"),
+        ("PROMETHEUS_MAX_SAMPLES", "10000000"),
         ("TIMESCALE_CHUNK_INTERVAL", "1d"),
     ] {
         // Secret settings show their variable without its value.
