@@ -8,8 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::future::join_all;
-use rdkafka::producer::FutureRecord;
 
 async fn produce_range(topic: &str, from: usize, to: usize, base: i64) {
     let producer = producer();
@@ -22,17 +20,7 @@ async fn produce_range(topic: &str, from: usize, to: usize, base: i64) {
             )
         })
         .collect();
-    let sends = payloads.iter().map(|(partition, payload)| {
-        producer.send(
-            FutureRecord::<(), [u8]>::to(topic)
-                .partition(*partition)
-                .payload(payload.as_slice()),
-            Duration::from_secs(120),
-        )
-    });
-    for result in join_all(sends).await {
-        result.map_err(|(e, _)| e).expect("produce");
-    }
+    produce_all(&producer, topic, &payloads, Duration::from_secs(120)).await;
 }
 
 #[tokio::test]

@@ -9,8 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::future::join_all;
-use rdkafka::producer::FutureRecord;
 
 const METRICS: usize = 20_000;
 
@@ -43,17 +41,7 @@ async fn two_instances_one_killed(protocol: &str) {
                         )
                     })
                     .collect();
-                let sends = payloads.iter().map(|(partition, payload)| {
-                    producer.send(
-                        FutureRecord::<(), [u8]>::to(&topic)
-                            .partition(*partition)
-                            .payload(payload.as_slice()),
-                        Duration::from_secs(60),
-                    )
-                });
-                for result in join_all(sends).await {
-                    result.map_err(|(e, _)| e).expect("produce");
-                }
+                produce_all(&producer, &topic, &payloads, Duration::from_secs(60)).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::*;
-use futures_util::future::join_all;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 /// The timeouts the service runs with here: short, so that the test is quick.
 const TIMEOUT_MS: u64 = 2000;
@@ -41,17 +40,7 @@ async fn produce_steadily(producer: FutureProducer, topic: String, base: i64) {
         let payloads: Vec<(i32, Vec<u8>)> = (0..PARTITIONS)
             .flat_map(|p| (start..start + step).map(move |i| (p, metric(p, i, base))))
             .collect();
-        let sends = payloads.iter().map(|(partition, payload)| {
-            producer.send(
-                FutureRecord::<(), [u8]>::to(&topic)
-                    .partition(*partition)
-                    .payload(payload.as_slice()),
-                Duration::from_secs(120),
-            )
-        });
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| e).expect("produce");
-        }
+        produce_all(&producer, &topic, &payloads, Duration::from_secs(120)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::pg::OwnPostgres;
 use common::*;
-use futures_util::future::join_all;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
@@ -54,20 +53,7 @@ async fn produce_steadily(
                 payloads.push((partition, payload));
             }
         }
-        let mut sends = Vec::new();
-        for (partition, payload) in &payloads {
-            sends.push(
-                producer.send(
-                    FutureRecord::<(), [u8]>::to(&topic)
-                        .partition(*partition)
-                        .payload(payload.as_slice()),
-                    Duration::from_secs(30),
-                ),
-            );
-        }
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| e).expect("produce");
-        }
+        produce_all(&producer, &topic, &payloads, Duration::from_secs(30)).await;
         sent = end;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -163,6 +163,27 @@ pub async fn produce(producer: &FutureProducer, topic: &str, partition: i32, pay
     }
 }
 
+/// Produces each `(partition, payload)` at once and waits for every delivery, each bounded by
+/// `timeout`.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    payloads: &[(i32, Vec<u8>)],
+    timeout: Duration,
+) {
+    let sends = payloads.iter().map(|(partition, payload)| {
+        producer.send(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(*partition)
+                .payload(payload.as_slice()),
+            timeout,
+        )
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
 /// A database of the test's own, dropped when the test ends.
 pub struct TestDatabase {
     pub name: String,

@@ -36,7 +36,6 @@ use common::prometheus::Prometheus;
 use common::*;
 use compare::Outcome;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 
 /// Instant query times, seconds after the data's base: before the late pod starts, inside the
@@ -83,17 +82,7 @@ async fn setup() -> Systems {
         .collect();
     // A few hundred sends in flight at once; each pod's rows keep their order in its partition.
     for chunk in payloads.chunks(500) {
-        let sends = chunk.iter().map(|(partition, payload)| {
-            producer.send(
-                FutureRecord::<(), [u8]>::to(&topic)
-                    .partition(*partition)
-                    .payload(payload.as_slice()),
-                Duration::from_secs(10),
-            )
-        });
-        for sent in futures_util::future::join_all(sends).await {
-            sent.map_err(|(e, _)| e).expect("produce");
-        }
+        produce_all(&producer, &topic, chunk, Duration::from_secs(10)).await;
     }
     let expected = rows.len() as i64;
     let stored = wait_for_count(&db, "SELECT count(*) FROM system_metrics", expected).await;
