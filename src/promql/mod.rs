@@ -12,8 +12,6 @@ pub(crate) mod engine;
 pub mod eval;
 pub mod plan;
 pub mod sql;
-// Read by the engine once `query` goes through it.
-#[allow(dead_code)]
 pub(crate) mod store;
 
 use std::collections::BTreeMap;

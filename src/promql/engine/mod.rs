@@ -12,10 +12,6 @@
 //! aggregations in [`aggregate`], operators in [`binary`], functions in [`functions`] (one
 //! table, one module per family).
 
-// The HTTP API reaches this module through `evaluate` only; until it does, parts of it are
-// reached from tests alone.
-#![allow(dead_code)]
-
 mod aggregate;
 mod binary;
 mod functions;

@@ -7,7 +7,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
 
 use super::{Ctx, SampleSeries, Selection, subquery};
-use crate::promql::{LOOKBACK_MS, Labels, Limits, NAME_LABEL, PromError, Series, Steps};
+use crate::promql::{LOOKBACK_MS, Limits, NAME_LABEL, PromError, Series, Steps};
 
 /// Every selector of a query with the span it reads, and the key its samples go by.
 pub(super) struct Plan {
@@ -338,17 +338,4 @@ impl Ctx {
             ))),
         }
     }
-}
-
-/// Labels without the metric name.
-pub(super) fn without_name(labels: &Labels) -> Labels {
-    let mut labels = labels.clone();
-    labels.remove(NAME_LABEL);
-    labels
-}
-
-/// Milliseconds since the epoch of a system time, for tests.
-#[cfg(test)]
-pub(super) fn system_time(ms: i64) -> std::time::SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
 }
