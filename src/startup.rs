@@ -1,6 +1,7 @@
 //! Builds the application: binds the HTTP listener, then connects the database and Kafka
 //! (retrying until they answer) and starts the actors. `main` and `panopticon demo` run the
-//! same [`Application`]; the tests start the binary.
+//! same [`Application`]. The black-box tests start the binary; the HTTP tests serve
+//! [`crate::http::app`] in-process.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -167,7 +168,8 @@ impl Application {
     }
 }
 
-/// Connects, migrates and starts the three actors; retries what is unreachable.
+/// Connects, migrates and starts the actors (the consumer, the validator and one batch writer
+/// per writer connection); retries what is unreachable.
 ///
 /// The actors know each other only by the messages they send: the consumer's rebalance
 /// callback tells the writers what changed hands, the writers tell the consumer what is
