@@ -2,7 +2,7 @@
 
 use super::DbError;
 use super::connect::{Timeouts, connect, within};
-use crate::offsets::StoredOffsets;
+use crate::offsets::{StoredOffset, StoredOffsets};
 
 /// Where the offsets of one flush go: the group and topic they belong to.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct OffsetReader {
 }
 
 impl StoredOffsets for OffsetReader {
-    fn read(&self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>, String> {
+    fn read(&self, partitions: &[i32]) -> Result<Vec<StoredOffset>, String> {
         let url = self.url.clone();
         let timeouts = self.timeouts;
         let scope = self.scope.clone();
@@ -56,7 +56,7 @@ impl StoredOffsets for OffsetReader {
                         stored_offset(&client, &scope, partition),
                     )
                     .await?;
-                    offsets.push((partition, stored));
+                    offsets.push(StoredOffset::new(partition, stored));
                 }
                 Ok(offsets)
             })
