@@ -28,11 +28,26 @@ impl Position {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Epoch(pub u64);
 
+/// A partition's next offset as the database stores it with the rows: consumption resumes
+/// there, and the next write moves it from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub partition: i32,
+    /// `None`: nothing stored yet for the partition.
+    pub next: Option<i64>,
+}
+
+impl StoredOffset {
+    pub fn new(partition: i32, next: Option<i64>) -> StoredOffset {
+        StoredOffset { partition, next }
+    }
+}
+
 /// Reads the offsets stored with the rows. The consumer resumes newly assigned partitions
 /// there, whatever Kafka's committed offsets say.
 pub trait StoredOffsets: Send + Sync {
-    /// The stored next offset of each partition (`None`: nothing stored yet).
-    fn read(&self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>, String>;
+    /// The stored next offset of each partition.
+    fn read(&self, partitions: &[i32]) -> Result<Vec<StoredOffset>, String>;
 }
 
 /// Moves a partition's stored offset from `expected` (`None`: no row yet) to `next`. The move
@@ -108,21 +123,21 @@ impl<R> Ledger<R> {
         }
     }
 
-    /// Partitions assigned by rebalance `epoch`, with their stored next offsets (`None`:
-    /// nothing stored yet). Rows of an earlier ownership still waiting are dropped: they are
-    /// fetched again from the stored offset.
-    pub fn assign(&mut self, epoch: Epoch, partitions: &[(i32, Option<i64>)]) {
-        for &(partition, stored) in partitions {
+    /// Partitions assigned by rebalance `epoch`, with their stored next offsets. Rows of an
+    /// earlier ownership still waiting are dropped: they are fetched again from the stored
+    /// offset.
+    pub fn assign(&mut self, epoch: Epoch, partitions: &[StoredOffset]) {
+        for &StoredOffset { partition, next } in partitions {
             self.pending.remove(&partition);
             self.rows.retain(|(_, at)| at.partition != partition);
             self.owned.insert(
                 partition,
                 Ownership {
-                    expected: stored,
+                    expected: next,
                     since: epoch,
                 },
             );
-            if let Some(next) = stored {
+            if let Some(next) = next {
                 self.stored.insert(partition, next);
             }
         }
@@ -243,6 +258,10 @@ mod tests {
         Position::new(partition, offset)
     }
 
+    fn stored(partition: i32, next: Option<i64>) -> StoredOffset {
+        StoredOffset::new(partition, next)
+    }
+
     /// Rows named by their offset, all of one partition unless said otherwise.
     fn rows(partition: i32, offsets: std::ops::Range<i64>) -> Vec<(i64, Position)> {
         offsets.map(|o| (o, at(partition, o))).collect()
@@ -255,7 +274,7 @@ mod tests {
     #[test]
     fn rows_of_unowned_partitions_are_dropped() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, None)]);
+        ledger.assign(Epoch(1), &[stored(0, None)]);
         let dropped = ledger.take(Epoch(1), rows(1, 0..3), &[at(1, 3)]);
         assert_eq!(dropped, 3);
         assert!(ledger.is_empty());
@@ -265,7 +284,7 @@ mod tests {
     #[test]
     fn rows_below_the_stored_offset_are_dropped() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, Some(5))]);
+        ledger.assign(Epoch(1), &[stored(0, Some(5))]);
         assert_eq!(ledger.take(Epoch(1), rows(0, 3..8), &[at(0, 8)]), 2);
         let batch = ledger.take_batch();
         assert_eq!(offsets(&batch), vec![5, 6, 7]);
@@ -282,12 +301,12 @@ mod tests {
     #[test]
     fn rows_polled_before_a_new_assignment_are_dropped() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, None)]);
+        ledger.assign(Epoch(1), &[stored(0, None)]);
         ledger.take(Epoch(1), rows(0, 0..2), &[at(0, 2)]);
         // Revoked and assigned again: what was waiting, and what was polled under the old
         // assignment, is fetched again from the stored offset.
         ledger.revoke(&[0]);
-        ledger.assign(Epoch(3), &[(0, Some(1))]);
+        ledger.assign(Epoch(3), &[stored(0, Some(1))]);
         assert!(ledger.is_empty());
         assert_eq!(ledger.take(Epoch(2), rows(0, 2..4), &[at(0, 4)]), 2);
         assert!(!ledger.has_pending());
@@ -298,7 +317,7 @@ mod tests {
     #[test]
     fn revoking_drops_waiting_rows_and_forgets_the_partition() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, Some(0)), (1, Some(10))]);
+        ledger.assign(Epoch(1), &[stored(0, Some(0)), stored(1, Some(10))]);
         ledger.take(Epoch(1), rows(0, 0..3), &[at(0, 3)]);
         ledger.take(Epoch(1), rows(1, 10..12), &[at(1, 12)]);
         assert_eq!(ledger.revoke(&[1]), 2);
@@ -311,7 +330,7 @@ mod tests {
     #[test]
     fn a_stored_batch_moves_the_expected_offset() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, None)]);
+        ledger.assign(Epoch(1), &[stored(0, None)]);
         ledger.take(Epoch(1), rows(0, 0..4), &[at(0, 4)]);
         let batch = ledger.take_batch();
         assert_eq!(batch.advances[0].expected, None);
@@ -332,7 +351,7 @@ mod tests {
     #[test]
     fn invalid_records_alone_still_move_the_offset() {
         let mut ledger: Ledger<i64> = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, Some(7))]);
+        ledger.assign(Epoch(1), &[stored(0, Some(7))]);
         ledger.take(Epoch(1), Vec::new(), &[at(0, 9)]);
         assert!(ledger.has_pending());
         let batch = ledger.take_batch();
@@ -347,7 +366,7 @@ mod tests {
     #[test]
     fn a_fenced_batch_keeps_only_what_the_other_writer_did_not_store() {
         let mut ledger = Ledger::new(8);
-        ledger.assign(Epoch(1), &[(0, Some(0)), (1, Some(0))]);
+        ledger.assign(Epoch(1), &[stored(0, Some(0)), stored(1, Some(0))]);
         ledger.take(Epoch(1), rows(0, 0..4), &[at(0, 4)]);
         ledger.take(Epoch(1), rows(1, 0..2), &[at(1, 2)]);
         let mut batch = ledger.take_batch();

@@ -35,7 +35,7 @@ use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Stop};
 use crate::actors::writers::Writers;
 use crate::config::KafkaSettings;
 use crate::log_limit::LogLimit;
-use crate::offsets::{Epoch, Position, StoredOffsets};
+use crate::offsets::{Epoch, Position, StoredOffset, StoredOffsets};
 use crate::stats::{PartitionReport, Stats};
 
 pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
@@ -191,7 +191,7 @@ impl ConsumerEvents {
     /// The database's stored offsets for newly assigned partitions: consumption resumes there,
     /// whatever Kafka's committed offsets say. Unreadable offsets fall back to Kafka's; the
     /// writer's fenced offset update then finds the truth before anything is stored.
-    fn assign_from_database(&self, list: &mut TopicPartitionList) -> Vec<(i32, Option<i64>)> {
+    fn assign_from_database(&self, list: &mut TopicPartitionList) -> Vec<StoredOffset> {
         let partitions = self.partitions(list);
         let stored = match self.stored_offsets.read(&partitions) {
             Ok(stored) => stored,
@@ -199,11 +199,14 @@ impl ConsumerEvents {
                 log::warn!(
                     "stored offsets of partitions {partitions:?} unreadable ({e}); starting from Kafka's committed offsets"
                 );
-                partitions.iter().map(|p| (*p, None)).collect()
+                partitions
+                    .iter()
+                    .map(|p| StoredOffset::new(*p, None))
+                    .collect()
             }
         };
-        for (partition, next) in stored.iter().filter_map(|(p, n)| Some((p, (*n)?))) {
-            if let Err(e) = list.set_partition_offset(&self.topic, *partition, Offset::Offset(next))
+        for (partition, next) in stored.iter().filter_map(|s| Some((s.partition, s.next?))) {
+            if let Err(e) = list.set_partition_offset(&self.topic, partition, Offset::Offset(next))
             {
                 log::warn!("cannot seek partition {partition} to {next}: {e}");
             }

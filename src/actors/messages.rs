@@ -6,7 +6,7 @@
 use actix::prelude::*;
 
 use crate::domain::ValidMetric;
-use crate::offsets::{Epoch, Position};
+use crate::offsets::{Epoch, Position, StoredOffset};
 use crate::stats::Trigger;
 
 /// Where one record of a [`RawChunk`] lies.
@@ -86,10 +86,10 @@ pub struct ValidChunk {
 #[rtype(result = "()")]
 pub enum Rebalanced {
     /// Assigned to this instance by rebalance number `epoch`, with the next offsets stored for
-    /// them (`None`: nothing stored yet).
+    /// them.
     Assigned {
         epoch: Epoch,
-        partitions: Vec<(i32, Option<i64>)>,
+        partitions: Vec<StoredOffset>,
     },
     /// Taken from this instance: their buffered rows are dropped; the new owner consumes them
     /// again from the stored offset.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 
 use crate::actors::messages::{Flush, Rebalanced, ValidChunk};
-use crate::offsets::{Epoch, Position};
+use crate::offsets::{Epoch, Position, StoredOffset};
 use crate::stats::{ConnectionStats, Trigger};
 
 /// What reaches one batch writer.
@@ -49,12 +49,12 @@ impl Writers {
 
     /// Gives newly assigned partitions (with their stored next offsets) to writers and tells
     /// each writer its own, before any of their records can reach it.
-    pub fn assigned(&self, epoch: Epoch, partitions: Vec<(i32, Option<i64>)>) {
+    pub fn assigned(&self, epoch: Epoch, partitions: Vec<StoredOffset>) {
         let owners = match self.routes.lock() {
-            Ok(mut routes) => routes.assign(partitions.iter().map(|(p, _)| *p)),
+            Ok(mut routes) => routes.assign(partitions.iter().map(|s| s.partition)),
             Err(_) => return,
         };
-        let mut each: Vec<Vec<(i32, Option<i64>)>> = vec![Vec::new(); self.inboxes.len()];
+        let mut each: Vec<Vec<StoredOffset>> = vec![Vec::new(); self.inboxes.len()];
         for (partition, owner) in partitions.into_iter().zip(owners) {
             each[owner].push(partition);
         }
@@ -63,7 +63,7 @@ impl Writers {
                 continue;
             }
             set_partitions(&inbox.stats, |owned| {
-                owned.extend(partitions.iter().map(|(p, _)| *p))
+                owned.extend(partitions.iter().map(|s| s.partition))
             });
             inbox
                 .rebalanced
