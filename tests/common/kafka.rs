@@ -383,3 +383,35 @@ impl KafkaCluster {
         Ok(())
     }
 }
+
+impl ClusterOptions {
+    /// One node with, beside its own listeners, a listener `PROXIED` on `port` that advertises
+    /// `advertised` (a proxy in front of it): clients that bootstrap from the proxy are told to
+    /// come back through it, while those that bootstrap from [`KafkaCluster::bootstrap`] go
+    /// straight to the node. The node's broker and controller talk past the proxy.
+    pub fn proxied(port: u16, advertised: &str) -> ClusterOptions {
+        let properties = [
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},PROXIED://127.0.0.1:{port}"
+                ),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://127.0.0.1:{{port}},PROXIED://{advertised}"),
+            ),
+            (
+                "listener.security.protocol.map",
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        ClusterOptions {
+            properties,
+            ..ClusterOptions::default()
+        }
+    }
+}
