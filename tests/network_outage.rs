@@ -105,10 +105,15 @@ async fn a_database_that_stops_answering_is_given_up_and_reconnected_without_los
     let topic = unique("metrics");
     create_topic(&topic).await;
     let db = TestDatabase::create().await;
-    let server: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    // `postgres://<user>@<host:port>/<database>`, on the server TEST_DATABASE_URL names.
+    let (server, database) = db
+        .url
+        .rsplit_once('@')
+        .and_then(|(_, at)| at.split_once('/'))
+        .expect("server and database in the URL");
+    let server: SocketAddr = server.parse().expect("the server's address");
     let proxy = Proxy::start(server);
     let mut env = service_env(&topic, &unique("group"), &db);
-    let (_, database) = db.url.rsplit_once('/').expect("database name in the URL");
     env.insert(
         "DATABASE_URL".into(),
         format!("postgres://postgres@{}/{database}", proxy.address()),
@@ -175,35 +180,10 @@ fn bounded_producer(brokers: &str) -> FutureProducer {
         .expect("producer")
 }
 
-/// A Kafka node of the test's own with a listener `PROXIED` on `port` that advertises
-/// `advertised` (the proxy in front of it): clients that bootstrap from the proxy are told to
-/// come back through it. Its brokers and controller talk over their own listeners, past the
-/// proxy.
+/// A Kafka node of the test's own whose listener on `port` advertises `advertised`.
 fn broker_behind(port: u16, advertised: &str) -> common::kafka::KafkaCluster {
-    let properties = [
-        (
-            "listeners",
-            format!(
-                "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},PROXIED://127.0.0.1:{port}"
-            ),
-        ),
-        (
-            "advertised.listeners",
-            format!("PLAINTEXT://127.0.0.1:{{port}},PROXIED://{advertised}"),
-        ),
-        (
-            "listener.security.protocol.map",
-            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT".to_owned(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    common::kafka::KafkaCluster::start(common::kafka::ClusterOptions {
-        properties,
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("cannot start Apache Kafka: {e:#}"))
+    common::kafka::KafkaCluster::start(common::kafka::ClusterOptions::proxied(port, advertised))
+        .unwrap_or_else(|e| panic!("cannot start Apache Kafka: {e:#}"))
 }
 
 #[tokio::test]

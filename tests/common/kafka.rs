@@ -383,3 +383,79 @@ impl KafkaCluster {
         Ok(())
     }
 }
+
+impl ClusterOptions {
+    /// One node with, beside its own listeners, a listener `PROXIED` on `port` that advertises
+    /// `advertised` (a proxy in front of it): clients that bootstrap from the proxy are told to
+    /// come back through it, while those that bootstrap from [`KafkaCluster::bootstrap`] go
+    /// straight to the node. The node's broker and controller talk past the proxy.
+    pub fn proxied(port: u16, advertised: &str) -> ClusterOptions {
+        let properties = [
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},PROXIED://127.0.0.1:{port}"
+                ),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://127.0.0.1:{{port}},PROXIED://{advertised}"),
+            ),
+            (
+                "listener.security.protocol.map",
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        ClusterOptions {
+            properties,
+            ..ClusterOptions::default()
+        }
+    }
+}
+
+impl KafkaCluster {
+    /// Stops every running node with SIGTERM (a controlled shutdown) at once, as when a whole
+    /// cluster is taken down, then waits up to `timeout` for each to exit.
+    pub fn stop_all(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.signal(i, "TERM");
+        }
+        for i in 0..self.nodes.len() {
+            self.stop(i, timeout)
+                .with_context(|| format!("node {}", self.nodes[i].id))?;
+        }
+        Ok(())
+    }
+
+    /// [`KafkaCluster::restart_all`], or [`KafkaCluster::restart`] of the nodes `only`, waiting
+    /// up to `timeout` for each to listen: a node recovering its logs while clients retry
+    /// against it, on a loaded machine, may take longer than the 30 s start-up allows.
+    pub fn restart_within(&mut self, only: Option<usize>, timeout: Duration) -> anyhow::Result<()> {
+        let nodes: Vec<usize> = match only {
+            Some(i) => vec![i],
+            None => (0..self.nodes.len()).collect(),
+        };
+        for &i in &nodes {
+            if self.nodes[i].process.is_none() {
+                self.spawn(i)?;
+            }
+        }
+        for &i in &nodes {
+            let deadline = std::time::Instant::now() + timeout;
+            let node = &mut self.nodes[i];
+            while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+                if let Some(status) = node.process.as_mut().and_then(|p| p.exited()) {
+                    bail!("kafka node {} exited at start-up: {status}", node.id);
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("kafka node {} did not listen within {timeout:?}", node.id);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+}
