@@ -17,6 +17,8 @@ pub mod offsets;
 pub(crate) mod pem;
 pub mod promql;
 pub(crate) mod schema;
+pub(crate) mod secret;
+pub mod signal;
 pub mod simulate;
 pub mod startup;
 pub mod stats;

@@ -21,7 +21,7 @@ use crate::actors::messages::Stop;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
 use crate::backoff::Backoff;
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db::queries::{self, SharedStorage};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
@@ -29,6 +29,7 @@ use crate::http::AppState;
 use crate::http::api::ApiState;
 use crate::http::auth::Access;
 use crate::log_limit::LogLimit;
+use crate::secret::redact_url;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,7 @@ impl Application {
         let pool = crate::db::queries::pool(
             &settings.database.url,
             api_settings.db_pool_size as usize,
-            &settings.database.timeouts(),
+            &db::Timeouts::from(&settings.database),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
         let api_storage = SharedStorage::default();
@@ -214,7 +215,7 @@ async fn start_pipeline(
         kafka,
         Box::new(db::OffsetReader {
             url: settings.database.url.clone(),
-            timeouts: settings.database.timeouts(),
+            timeouts: db::Timeouts::from(&settings.database),
             scope: scope.clone(),
         }),
         writers.clone(),
@@ -235,7 +236,7 @@ async fn start_pipeline(
             &settings.batching,
             batch_writer::Target {
                 url: settings.database.url.clone(),
-                timeouts: settings.database.timeouts(),
+                timeouts: db::Timeouts::from(&settings.database),
                 scope: scope.clone(),
             },
             consumer_context.address().recipient(),
@@ -307,7 +308,7 @@ async fn connect_database(
     api_storage: &SharedStorage,
 ) -> db::Storage {
     let url = &settings.database.url;
-    let timeouts = settings.database.timeouts();
+    let timeouts = db::Timeouts::from(&settings.database);
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
@@ -515,30 +516,5 @@ impl Retry {
             self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
         }
         tokio::time::sleep(delay).await;
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(e) => {
-                    log::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => log::info!("SIGINT received"),
-            _ = terminate.recv() => log::info!("SIGTERM received"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }

@@ -605,12 +605,12 @@ impl Handler<Rebalanced> for BatchWriter {
 impl Handler<Flush> for BatchWriter {
     type Result = AtomicResponse<Self, Vec<Position>>;
 
-    fn handle(&mut self, Flush(trigger): Flush, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
         if self.oldest.is_none() {
             return AtomicResponse::new(Box::pin(fut::ready(self.ledger.stored_offsets())));
         }
         AtomicResponse::new(Box::pin(
-            self.flush(trigger)
+            self.flush(Trigger::Shutdown)
                 .map(move |(), act, _ctx| act.ledger.stored_offsets()),
         ))
     }

@@ -7,7 +7,6 @@ use actix::prelude::*;
 
 use crate::domain::ValidMetric;
 use crate::offsets::{Epoch, Position, StoredOffset};
-use crate::stats::Trigger;
 
 /// Where one record of a [`RawChunk`] lies.
 #[derive(Debug, Clone, Copy)]
@@ -101,11 +100,11 @@ pub enum Rebalanced {
 #[rtype(result = "()")]
 pub struct OffsetsStored(pub Vec<Position>);
 
-/// Flush now, whatever the batch holds; answers with every offset stored so far.
-/// Validator → writer, at shutdown.
+/// Flush now, whatever the batch holds, for the service is stopping; answers with every
+/// offset stored so far. Validator → writer, at shutdown.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<Position>")]
-pub struct Flush(pub Trigger);
+pub struct Flush;
 
 /// Sent last, at shutdown: flush everything and answer with the offsets now stored.
 /// Consumer → validator.

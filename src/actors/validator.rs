@@ -20,7 +20,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::{Rejection, Rules, ValidMetric};
 use crate::log_limit::LogLimit;
 use crate::offsets::Position;
-use crate::stats::{Stats, Trigger};
+use crate::stats::Stats;
 
 pub struct Validator {
     /// The checks beyond the message's shape.
@@ -181,7 +181,7 @@ impl Handler<Drain> for Validator {
         self.rejection_log.roll_window();
         let writers = self.writers.clone();
         AtomicResponse::new(Box::pin(
-            async move { writers.flush_all(Trigger::Shutdown).await }.into_actor(self),
+            async move { writers.flush_all().await }.into_actor(self),
         ))
     }
 }

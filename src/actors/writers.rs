@@ -16,7 +16,7 @@ use actix::prelude::*;
 
 use crate::actors::messages::{Flush, Rebalanced, ValidChunk};
 use crate::offsets::{Epoch, Position, StoredOffset};
-use crate::stats::{ConnectionStats, Trigger};
+use crate::stats::ConnectionStats;
 
 /// What reaches one batch writer.
 pub struct WriterInbox {
@@ -137,11 +137,11 @@ impl Writers {
         (parts, unowned)
     }
 
-    /// Flushes every writer and answers with every offset stored so far.
-    pub async fn flush_all(&self, trigger: Trigger) -> Vec<Position> {
+    /// Flushes every writer at shutdown and answers with every offset stored so far.
+    pub async fn flush_all(&self) -> Vec<Position> {
         let mut stored = Vec::new();
         for inbox in &self.inboxes {
-            stored.extend(inbox.flush.send(Flush(trigger)).await.unwrap_or_default());
+            stored.extend(inbox.flush.send(Flush).await.unwrap_or_default());
         }
         stored
     }

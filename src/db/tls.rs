@@ -19,8 +19,8 @@ use percent_encoding::percent_decode_str;
 use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::config::SslMode as WireSslMode;
 
-use crate::config::redact_url;
 use crate::pem;
+use crate::secret::redact_url;
 
 use super::DbError;
 
