@@ -38,13 +38,13 @@ use crate::stats::{ConnectionStats, FlushReport, Stats, Trigger};
 /// Where the writer writes: the database, how its round trips are bounded, and whose offsets
 /// are stored with the rows.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub url: String,
     pub timeouts: db::Timeouts,
     pub scope: OffsetScope,
 }
 
-pub struct BatchWriter {
+pub(crate) struct BatchWriter {
     max_rows: usize,
     max_wait: Duration,
     mailbox_capacity: usize,
@@ -73,7 +73,7 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    pub fn new(
+    pub(crate) fn new(
         settings: &BatchSettings,
         target: Target,
         on_stored: Recipient<OffsetsStored>,

@@ -20,8 +20,8 @@ mod migrate;
 mod offsets;
 pub mod queries;
 mod storage;
-pub mod timescale;
-pub mod tls;
+pub(crate) mod timescale;
+pub(crate) mod tls;
 
 pub use connect::{Timeouts, check_url, connect, connect_diesel, within};
 pub use error::{DbError, describe, is_transient};
