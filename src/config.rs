@@ -388,6 +388,14 @@ impl Settings {
         Ok(())
     }
 
+    /// Refuses settings that cannot work, before anything is connected. The database URL and
+    /// librdkafka's properties are judged by the database driver and by librdkafka, at
+    /// start-up.
+    pub fn check(&self) -> Result<(), String> {
+        self.kafka.security.check()?;
+        self.api.check()
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }

@@ -58,12 +58,7 @@ impl Application {
     /// Checks the settings and binds the HTTP listener; nothing is connected yet.
     pub fn build(settings: Settings) -> Result<Application, StartupError> {
         db::check_url(&settings.database.url).map_err(|e| StartupError::Config(e.to_string()))?;
-        settings
-            .kafka
-            .security
-            .check()
-            .map_err(StartupError::Config)?;
-        settings.api.check().map_err(StartupError::Config)?;
+        settings.check().map_err(StartupError::Config)?;
         kafka_consumer::check_config(&settings.kafka)
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
         let stats = Arc::new(Stats::default());
@@ -234,16 +229,18 @@ async fn start_pipeline(
     for (index, writer) in unstarted.into_iter().enumerate() {
         let actor = BatchWriter::new(
             &settings.batching,
-            batch_writer::Target {
-                url: settings.database.url.clone(),
-                timeouts: db::Timeouts::from(&settings.database),
-                scope: scope.clone(),
+            batch_writer::Wiring {
+                target: batch_writer::Target {
+                    url: settings.database.url.clone(),
+                    timeouts: db::Timeouts::from(&settings.database),
+                    scope: scope.clone(),
+                },
+                on_stored: consumer_context.address().recipient(),
+                dead_letters: dead_letters.clone(),
+                metric_log: metric_log.clone(),
+                stats: stats.clone(),
+                connection: writers.inbox(index).stats.clone(),
             },
-            consumer_context.address().recipient(),
-            dead_letters.clone(),
-            metric_log.clone(),
-            stats.clone(),
-            writers.inbox(index).stats.clone(),
         );
         let thread = Arbiter::new();
         writer.start_in(&thread.handle(), actor);

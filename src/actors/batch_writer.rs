@@ -44,6 +44,22 @@ pub(crate) struct Target {
     pub scope: OffsetScope,
 }
 
+/// What a writer is made with besides its settings: where it writes, whom it tells, and what
+/// it shares with the other writers.
+pub(crate) struct Wiring {
+    pub target: Target,
+    /// Told after each flush which offsets may be committed to Kafka.
+    pub on_stored: Recipient<OffsetsStored>,
+    /// Where rows the database refuses go.
+    pub dead_letters: DeadLetters,
+    /// Caps `[METRIC]` lines; one budget for all writers.
+    pub metric_log: Arc<std::sync::Mutex<LogLimit>>,
+    /// The sums over all writers.
+    pub stats: Arc<Stats>,
+    /// This writer's own figures.
+    pub connection: Arc<ConnectionStats>,
+}
+
 pub(crate) struct BatchWriter {
     max_rows: usize,
     max_wait: Duration,
@@ -73,15 +89,15 @@ pub(crate) struct BatchWriter {
 }
 
 impl BatchWriter {
-    pub(crate) fn new(
-        settings: &BatchSettings,
-        target: Target,
-        on_stored: Recipient<OffsetsStored>,
-        dead_letters: DeadLetters,
-        metric_log: Arc<std::sync::Mutex<LogLimit>>,
-        stats: Arc<Stats>,
-        connection: Arc<ConnectionStats>,
-    ) -> BatchWriter {
+    pub(crate) fn new(settings: &BatchSettings, wiring: Wiring) -> BatchWriter {
+        let Wiring {
+            target,
+            on_stored,
+            dead_letters,
+            metric_log,
+            stats,
+            connection,
+        } = wiring;
         let max_rows = settings.max_rows as usize;
         let mailbox_capacity = settings.mailbox_capacity as usize;
         stats
