@@ -6,14 +6,14 @@ use std::time::Duration;
 /// Delays that double from `first` up to `max`, each drawn from 50–100% of its step, so that
 /// instances failing together do not retry in step.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     max: Duration,
     failures: u32,
 }
 
 impl Backoff {
-    pub const fn new(first: Duration, max: Duration) -> Backoff {
+    pub(crate) const fn new(first: Duration, max: Duration) -> Backoff {
         Backoff {
             first,
             max,
@@ -22,7 +22,7 @@ impl Backoff {
     }
 
     /// Counts one more failure and answers how long to wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self
             .first
             .saturating_mul(1 << self.failures.min(16))
@@ -32,12 +32,12 @@ impl Backoff {
     }
 
     /// Failures since the last success.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// After a success: the next failure waits the shortest delay again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 }

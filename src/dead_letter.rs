@@ -19,16 +19,16 @@ use crate::config::KafkaSettings;
 use crate::stats::{HeldPartition, Stats};
 
 /// Header names of a dead letter.
-pub const REASON_HEADER: &str = "panopticon-reason";
-pub const DETAIL_HEADER: &str = "panopticon-detail";
-pub const TOPIC_HEADER: &str = "panopticon-source-topic";
-pub const PARTITION_HEADER: &str = "panopticon-source-partition";
-pub const OFFSET_HEADER: &str = "panopticon-source-offset";
-pub const TIME_HEADER: &str = "panopticon-dead-lettered-at";
+pub(crate) const REASON_HEADER: &str = "panopticon-reason";
+pub(crate) const DETAIL_HEADER: &str = "panopticon-detail";
+pub(crate) const TOPIC_HEADER: &str = "panopticon-source-topic";
+pub(crate) const PARTITION_HEADER: &str = "panopticon-source-partition";
+pub(crate) const OFFSET_HEADER: &str = "panopticon-source-offset";
+pub(crate) const TIME_HEADER: &str = "panopticon-dead-lettered-at";
 
 /// One message to dead-letter.
 #[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
+pub(crate) struct DeadLetter<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub reason: &'a str,
@@ -39,7 +39,7 @@ pub struct DeadLetter<'a> {
 
 /// The producer of dead letters; cheap to clone.
 #[derive(Clone)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     source_topic: String,
@@ -48,7 +48,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// A producer to the dead-letter topic over the same secured connection as the
     /// consumer's.
-    pub fn new(settings: &KafkaSettings) -> KafkaResult<DeadLetters> {
+    pub(crate) fn new(settings: &KafkaSettings) -> KafkaResult<DeadLetters> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.brokers)
@@ -76,7 +76,7 @@ impl DeadLetters {
     /// Sends every letter and returns once the broker has acknowledged all of them, retrying
     /// the failed ones with backoff for as long as it takes: the caller's offsets wait. While
     /// they wait, `stats` shows the partitions held and why.
-    pub async fn send_all(&self, letters: &[DeadLetter<'_>], stats: &Stats) {
+    pub(crate) async fn send_all(&self, letters: &[DeadLetter<'_>], stats: &Stats) {
         let mut pending: Vec<&DeadLetter<'_>> = letters.iter().collect();
         let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         while !pending.is_empty() {
@@ -155,7 +155,7 @@ impl DeadLetters {
 
 /// Whether the dead-letter topic exists, making it if it does not: `Ok(true)` when this call
 /// created it. The broker's own default replication factor is used (`-1`, Kafka 2.4 and later).
-pub async fn ensure_topic(
+pub(crate) async fn ensure_topic(
     config: &ClientConfig,
     topic: &str,
     partitions: i32,

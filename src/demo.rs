@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DemoArgs, Settings};
 use crate::kafka_security::KafkaSecurity;
-use crate::startup::{Application, StartupError, shutdown_signal};
+use crate::signal::shutdown_signal;
+use crate::startup::{Application, StartupError};
 
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), StartupError> {
     let cluster = MockCluster::new(1)

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use rdkafka::config::ClientConfig;
 
-use crate::config::{Secret, secret_from_file};
 use crate::pem;
+use crate::secret::{Secret, secret_from_file};
 
 /// librdkafka's `security.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

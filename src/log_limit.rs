@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// A per-second budget of log lines.
 #[derive(Debug)]
-pub struct LogLimit {
+pub(crate) struct LogLimit {
     /// What the summary line calls the lines it stands for.
     what: &'static str,
     max_per_sec: u32,
@@ -15,7 +15,7 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
-    pub fn new(what: &'static str, max_per_sec: u32) -> LogLimit {
+    pub(crate) fn new(what: &'static str, max_per_sec: u32) -> LogLimit {
         LogLimit {
             what,
             max_per_sec,
@@ -26,13 +26,13 @@ impl LogLimit {
     }
 
     /// Whether one more line may be printed now.
-    pub fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         self.allow_many(1) == 1
     }
 
     /// How many of `lines` more lines may be printed now (the first ones): one look at the
     /// clock for all of them.
-    pub fn allow_many(&mut self, lines: usize) -> usize {
+    pub(crate) fn allow_many(&mut self, lines: usize) -> usize {
         self.roll_window();
         let left = self.max_per_sec.saturating_sub(self.printed) as usize;
         let allowed = lines.min(left);
@@ -42,7 +42,7 @@ impl LogLimit {
     }
 
     /// Prints the summary of a finished window; call it now and then when no line is logged.
-    pub fn roll_window(&mut self) {
+    pub(crate) fn roll_window(&mut self) {
         if self.window_start.elapsed() < Duration::from_secs(1) {
             return;
         }

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use panopticon::config::{Cli, Command};
-use panopticon::startup::{Application, StartupError, shutdown_signal};
+use panopticon::signal::shutdown_signal;
+use panopticon::startup::{Application, StartupError};
 
 #[actix_web::main]
 async fn main() -> ExitCode {

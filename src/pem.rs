@@ -10,7 +10,7 @@ use openssl::x509::X509;
 
 /// The certificates of a PEM file (a CA bundle or a certificate chain); `setting` names the
 /// setting in error messages.
-pub fn certificates(setting: &str, path: &Path) -> Result<Vec<X509>, String> {
+pub(crate) fn certificates(setting: &str, path: &Path) -> Result<Vec<X509>, String> {
     let bytes = read(setting, path)?;
     match X509::stack_from_pem(&bytes) {
         Ok(certificates) if !certificates.is_empty() => Ok(certificates),
@@ -23,7 +23,7 @@ pub fn certificates(setting: &str, path: &Path) -> Result<Vec<X509>, String> {
 
 /// The private key of a PEM file. Encrypted keys are refused: there is no setting for their
 /// passphrase.
-pub fn private_key(setting: &str, path: &Path) -> Result<PKey<Private>, String> {
+pub(crate) fn private_key(setting: &str, path: &Path) -> Result<PKey<Private>, String> {
     let bytes = read(setting, path)?;
     PKey::private_key_from_pem(&bytes).map_err(|_| {
         format!(
@@ -34,7 +34,7 @@ pub fn private_key(setting: &str, path: &Path) -> Result<PKey<Private>, String> 
 }
 
 /// A client certificate and its key: both readable, and the key the certificate's own.
-pub fn key_pair(
+pub(crate) fn key_pair(
     certificate_setting: &str,
     certificate: &Path,
     key_setting: &str,

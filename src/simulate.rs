@@ -170,7 +170,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     tokio::pin!(worker);
     let sent = tokio::select! {
         result = &mut worker => result??,
-        () = crate::startup::shutdown_signal() => {
+        () = crate::signal::shutdown_signal() => {
             stop.cancel();
             worker.await??
         }

@@ -22,7 +22,7 @@ use crate::actors::messages::Stop;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
 use crate::backoff::Backoff;
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db::queries::{self, SharedStorage};
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
@@ -30,6 +30,7 @@ use crate::http::AppState;
 use crate::http::api::ApiState;
 use crate::http::auth::Access;
 use crate::log_limit::LogLimit;
+use crate::secret::redact_url;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +59,7 @@ impl Application {
     /// Checks the settings and binds the HTTP listener; nothing is connected yet.
     pub fn build(settings: Settings) -> Result<Application, StartupError> {
         db::check_url(&settings.database.url).map_err(|e| StartupError::Config(e.to_string()))?;
-        settings
-            .kafka
-            .security
-            .check()
-            .map_err(StartupError::Config)?;
-        settings.api.check().map_err(StartupError::Config)?;
+        settings.check().map_err(StartupError::Config)?;
         kafka_consumer::check_config(&settings.kafka)
             .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
         let stats = Arc::new(Stats::default());
@@ -80,7 +76,7 @@ impl Application {
         let pool = crate::db::queries::pool(
             &settings.database.url,
             api_settings.db_pool_size as usize,
-            &settings.database.timeouts(),
+            &db::Timeouts::from(&settings.database),
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
         let api_storage = SharedStorage::default();
@@ -216,7 +212,7 @@ async fn start_pipeline(
         kafka,
         Box::new(db::OffsetReader {
             url: settings.database.url.clone(),
-            timeouts: settings.database.timeouts(),
+            timeouts: db::Timeouts::from(&settings.database),
             scope: scope.clone(),
         }),
         writers.clone(),
@@ -235,16 +231,18 @@ async fn start_pipeline(
     for (index, writer) in unstarted.into_iter().enumerate() {
         let actor = BatchWriter::new(
             &settings.batching,
-            batch_writer::Target {
-                url: settings.database.url.clone(),
-                timeouts: settings.database.timeouts(),
-                scope: scope.clone(),
+            batch_writer::Wiring {
+                target: batch_writer::Target {
+                    url: settings.database.url.clone(),
+                    timeouts: db::Timeouts::from(&settings.database),
+                    scope: scope.clone(),
+                },
+                on_stored: consumer_context.address().recipient(),
+                dead_letters: dead_letters.clone(),
+                metric_log: metric_log.clone(),
+                stats: stats.clone(),
+                connection: writers.inbox(index).stats.clone(),
             },
-            consumer_context.address().recipient(),
-            dead_letters.clone(),
-            metric_log.clone(),
-            stats.clone(),
-            writers.inbox(index).stats.clone(),
         );
         let thread = Arbiter::new();
         writer.start_in(&thread.handle(), actor);
@@ -309,7 +307,7 @@ async fn connect_database(
     api_storage: &SharedStorage,
 ) -> db::Storage {
     let url = &settings.database.url;
-    let timeouts = settings.database.timeouts();
+    let timeouts = db::Timeouts::from(&settings.database);
     let mut retry = Retry::new("database");
     loop {
         let attempt = async {
@@ -517,30 +515,5 @@ impl Retry {
             self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
         }
         tokio::time::sleep(delay).await;
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(e) => {
-                    log::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => log::info!("SIGINT received"),
-            _ = terminate.recv() => log::info!("SIGTERM received"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }

@@ -450,3 +450,57 @@ async fn a_second_instance_that_joins_and_is_killed_loses_and_doubles_nothing() 
         "{status:#}"
     );
 }
+
+#[tokio::test]
+async fn insert_revoked_mid_run_pauses_writing_and_loses_nothing() {
+    let s = setup().await;
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    // The service's own role, owning its database: what it may write is the test's to take away.
+    pg.psql(
+        "postgres",
+        "CREATE ROLE panopticon LOGIN; ALTER DATABASE panopticon OWNER TO panopticon",
+    );
+    let db = TestDatabase::on(&pg.url());
+    let mut env = service_env(&s.topic, &s.group, &db);
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://panopticon@127.0.0.1:{}/panopticon", pg.port()),
+    );
+    let app = TestApp::spawn_consuming(env);
+    let ts = now_ms();
+    let first: Vec<Vec<u8>> = (0..100)
+        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, ts))
+        .collect();
+    produce(&producer(), &s.topic, 0, &first).await;
+    wait_for_count(&db, "SELECT count(*) FROM system_metrics", 100).await;
+
+    pg.psql(
+        "panopticon",
+        "REVOKE INSERT ON system_metrics FROM panopticon",
+    );
+    let second: Vec<Vec<u8>> = (0..100)
+        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, ts + 1000))
+        .collect();
+    produce(&producer(), &s.topic, 0, &second).await;
+    assert!(
+        app.wait_for_log("permission denied", Duration::from_secs(30))
+            .is_some(),
+        "the refusal was not logged: {:#?}",
+        app.lines()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.count("SELECT count(*) FROM system_metrics").await, 100);
+    pg.psql("panopticon", "GRANT INSERT ON system_metrics TO panopticon");
+
+    assert_exactly(&db, 200).await;
+    assert_eq!(app.status().await["validator"]["dead_lettered"], 0);
+    let out_of_step: Vec<String> = app
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("unexpected message") || l.contains("connection closed"))
+        .collect();
+    assert!(out_of_step.is_empty(), "{out_of_step:#?}");
+    drop(pg);
+}

@@ -38,13 +38,29 @@ use crate::stats::{ConnectionStats, FlushReport, Stats, Trigger};
 /// Where the writer writes: the database, how its round trips are bounded, and whose offsets
 /// are stored with the rows.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub url: String,
     pub timeouts: db::Timeouts,
     pub scope: OffsetScope,
 }
 
-pub struct BatchWriter {
+/// What a writer is made with besides its settings: where it writes, whom it tells, and what
+/// it shares with the other writers.
+pub(crate) struct Wiring {
+    pub target: Target,
+    /// Told after each flush which offsets may be committed to Kafka.
+    pub on_stored: Recipient<OffsetsStored>,
+    /// Where rows the database refuses go.
+    pub dead_letters: DeadLetters,
+    /// Caps `[METRIC]` lines; one budget for all writers.
+    pub metric_log: Arc<std::sync::Mutex<LogLimit>>,
+    /// The sums over all writers.
+    pub stats: Arc<Stats>,
+    /// This writer's own figures.
+    pub connection: Arc<ConnectionStats>,
+}
+
+pub(crate) struct BatchWriter {
     max_rows: usize,
     max_wait: Duration,
     mailbox_capacity: usize,
@@ -73,15 +89,15 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    pub fn new(
-        settings: &BatchSettings,
-        target: Target,
-        on_stored: Recipient<OffsetsStored>,
-        dead_letters: DeadLetters,
-        metric_log: Arc<std::sync::Mutex<LogLimit>>,
-        stats: Arc<Stats>,
-        connection: Arc<ConnectionStats>,
-    ) -> BatchWriter {
+    pub(crate) fn new(settings: &BatchSettings, wiring: Wiring) -> BatchWriter {
+        let Wiring {
+            target,
+            on_stored,
+            dead_letters,
+            metric_log,
+            stats,
+            connection,
+        } = wiring;
         let max_rows = settings.max_rows as usize;
         let mailbox_capacity = settings.mailbox_capacity as usize;
         stats
@@ -605,12 +621,12 @@ impl Handler<Rebalanced> for BatchWriter {
 impl Handler<Flush> for BatchWriter {
     type Result = AtomicResponse<Self, Vec<Position>>;
 
-    fn handle(&mut self, Flush(trigger): Flush, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
         if self.oldest.is_none() {
             return AtomicResponse::new(Box::pin(fut::ready(self.ledger.stored_offsets())));
         }
         AtomicResponse::new(Box::pin(
-            self.flush(trigger)
+            self.flush(Trigger::Shutdown)
                 .map(move |(), act, _ctx| act.ledger.stored_offsets()),
         ))
     }

@@ -38,7 +38,7 @@ use crate::log_limit::LogLimit;
 use crate::offsets::{Epoch, Position, StoredOffset, StoredOffsets};
 use crate::stats::{PartitionReport, Stats};
 
-pub type MetricsConsumer = StreamConsumer<ConsumerEvents>;
+pub(crate) type MetricsConsumer = StreamConsumer<ConsumerEvents>;
 
 /// How long the consumer waits on a full validator mailbox before it pauses its partitions.
 /// Waiting already stops the reading; memory stays bounded by the mailboxes and librdkafka's
@@ -87,7 +87,7 @@ fn group_protocol(settings: &KafkaSettings) -> &str {
 
 /// The consumer's librdkafka configuration: Panopticon's defaults, the network bounds, the
 /// security settings, then the user's own properties.
-pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+pub(crate) fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -113,12 +113,12 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 }
 
 /// Checks every librdkafka property without connecting; a bad one is a configuration error.
-pub fn check_config(settings: &KafkaSettings) -> KafkaResult<()> {
+pub(crate) fn check_config(settings: &KafkaSettings) -> KafkaResult<()> {
     client_config(settings).create::<BaseConsumer>().map(drop)
 }
 
 /// Builds the consumer from the settings; a bad property is a configuration error.
-pub fn create_consumer(
+pub(crate) fn create_consumer(
     settings: &KafkaSettings,
     events: ConsumerEvents,
 ) -> KafkaResult<MetricsConsumer> {
@@ -142,7 +142,7 @@ fn tidy_reason(reason: &str) -> String {
 }
 
 /// Callbacks librdkafka runs on the consumer's behalf: rebalances, commits, statistics.
-pub struct ConsumerEvents {
+pub(crate) struct ConsumerEvents {
     stats: Arc<Stats>,
     group: String,
     topic: String,
@@ -159,7 +159,7 @@ pub struct ConsumerEvents {
 }
 
 impl ConsumerEvents {
-    pub fn new(
+    pub(crate) fn new(
         settings: &KafkaSettings,
         stored_offsets: Box<dyn StoredOffsets>,
         writers: Arc<Writers>,
@@ -177,7 +177,7 @@ impl ConsumerEvents {
     }
 
     /// The current assignment's number.
-    pub fn epoch(&self) -> Epoch {
+    pub(crate) fn epoch(&self) -> Epoch {
         Epoch(self.epoch.load(Ordering::SeqCst))
     }
 
@@ -356,12 +356,12 @@ impl ConsumerContext for ConsumerEvents {
 }
 
 /// Where the consumer sends what it read: the validator.
-pub struct ConsumerOutput {
+pub(crate) struct ConsumerOutput {
     pub chunks: Recipient<RawChunk>,
     pub drain: Recipient<Drain>,
 }
 
-pub struct KafkaConsumer {
+pub(crate) struct KafkaConsumer {
     consumer: Arc<MetricsConsumer>,
     topic: String,
     output: Option<ConsumerOutput>,
@@ -374,7 +374,7 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    pub fn new(
+    pub(crate) fn new(
         consumer: MetricsConsumer,
         settings: &KafkaSettings,
         output: ConsumerOutput,

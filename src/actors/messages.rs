@@ -7,11 +7,10 @@ use actix::prelude::*;
 
 use crate::domain::ValidMetric;
 use crate::offsets::{Epoch, Position, StoredOffset};
-use crate::stats::Trigger;
 
 /// Where one record of a [`RawChunk`] lies.
 #[derive(Debug, Clone, Copy)]
-pub struct RawRecord {
+pub(crate) struct RawRecord {
     pub at: Position,
     /// Range of the record's key in [`RawChunk::payloads`], if it has one.
     pub key: Option<(usize, usize)>,
@@ -24,7 +23,7 @@ pub struct RawRecord {
 /// chunk costs two allocations whatever its size. Consumer → validator.
 #[derive(Debug, Default, Message)]
 #[rtype(result = "()")]
-pub struct RawChunk {
+pub(crate) struct RawChunk {
     /// The consumer's assignment when these records were polled.
     pub epoch: Epoch,
     pub payloads: Vec<u8>,
@@ -32,14 +31,14 @@ pub struct RawChunk {
 }
 
 impl RawChunk {
-    pub fn new(epoch: Epoch) -> RawChunk {
+    pub(crate) fn new(epoch: Epoch) -> RawChunk {
         RawChunk {
             epoch,
             ..RawChunk::default()
         }
     }
 
-    pub fn push(&mut self, at: Position, key: Option<&[u8]>, payload: &[u8]) {
+    pub(crate) fn push(&mut self, at: Position, key: Option<&[u8]>, payload: &[u8]) {
         let key = key.map(|key| {
             let start = self.payloads.len();
             self.payloads.extend_from_slice(key);
@@ -55,15 +54,15 @@ impl RawChunk {
         });
     }
 
-    pub fn payload(&self, record: &RawRecord) -> &[u8] {
+    pub(crate) fn payload(&self, record: &RawRecord) -> &[u8] {
         &self.payloads[record.start..record.end]
     }
 
-    pub fn key(&self, record: &RawRecord) -> Option<&[u8]> {
+    pub(crate) fn key(&self, record: &RawRecord) -> Option<&[u8]> {
         record.key.map(|(start, end)| &self.payloads[start..end])
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
 }
@@ -73,7 +72,7 @@ impl RawChunk {
 /// included: they are dead-lettered and done). Validator → writer.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ValidChunk {
+pub(crate) struct ValidChunk {
     /// The consumer's assignment when these records were polled.
     pub epoch: Epoch,
     pub metrics: Vec<(ValidMetric, Position)>,
@@ -84,7 +83,7 @@ pub struct ValidChunk {
 /// callback → writer, before any record polled under the new assignment.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub enum Rebalanced {
+pub(crate) enum Rebalanced {
     /// Assigned to this instance by rebalance number `epoch`, with the next offsets stored for
     /// them.
     Assigned {
@@ -99,22 +98,22 @@ pub enum Rebalanced {
 /// Rows up to these next offsets are committed to the database. Writer → consumer.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct OffsetsStored(pub Vec<Position>);
+pub(crate) struct OffsetsStored(pub Vec<Position>);
 
-/// Flush now, whatever the batch holds; answers with every offset stored so far.
-/// Validator → writer, at shutdown.
+/// Flush now, whatever the batch holds, for the service is stopping; answers with every
+/// offset stored so far. Validator → writer, at shutdown.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<Position>")]
-pub struct Flush(pub Trigger);
+pub(crate) struct Flush;
 
 /// Sent last, at shutdown: flush everything and answer with the offsets now stored.
 /// Consumer → validator.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<Position>")]
-pub struct Drain;
+pub(crate) struct Drain;
 
 /// Ends the consumer's read task, flushes what the pipeline holds and commits its offsets.
 /// Start-up → consumer, at shutdown.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Stop;
+pub(crate) struct Stop;

@@ -6,8 +6,8 @@
 //! makes it wait, in an awaited `send`. So a slow database fills the writer's mailbox, which
 //! parks the validator, which parks the consumer, which pauses its partitions.
 
-pub mod batch_writer;
-pub mod kafka_consumer;
-pub mod messages;
-pub mod validator;
-pub mod writers;
+pub(crate) mod batch_writer;
+pub(crate) mod kafka_consumer;
+pub(crate) mod messages;
+pub(crate) mod validator;
+pub(crate) mod writers;

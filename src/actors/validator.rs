@@ -20,9 +20,9 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::domain::{Rejection, Rules, ValidMetric};
 use crate::log_limit::LogLimit;
 use crate::offsets::Position;
-use crate::stats::{Stats, Trigger};
+use crate::stats::Stats;
 
-pub struct Validator {
+pub(crate) struct Validator {
     /// The checks beyond the message's shape.
     rules: Rules,
     /// Where valid metrics go, and who is asked to flush at shutdown. Shared rather than
@@ -40,7 +40,7 @@ pub struct Validator {
 
 impl Validator {
     /// `max_age_ms` is the oldest a metric may be, where a retention policy drops older rows.
-    pub fn new(
+    pub(crate) fn new(
         settings: &ValidatorSettings,
         max_age_ms: Option<i64>,
         writers: Arc<Writers>,
@@ -181,7 +181,7 @@ impl Handler<Drain> for Validator {
         self.rejection_log.roll_window();
         let writers = self.writers.clone();
         AtomicResponse::new(Box::pin(
-            async move { writers.flush_all(Trigger::Shutdown).await }.into_actor(self),
+            async move { writers.flush_all().await }.into_actor(self),
         ))
     }
 }

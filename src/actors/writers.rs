@@ -16,10 +16,10 @@ use actix::prelude::*;
 
 use crate::actors::messages::{Flush, Rebalanced, ValidChunk};
 use crate::offsets::{Epoch, Position, StoredOffset};
-use crate::stats::{ConnectionStats, Trigger};
+use crate::stats::ConnectionStats;
 
 /// What reaches one batch writer.
-pub struct WriterInbox {
+pub(crate) struct WriterInbox {
     /// Validated rows of its partitions. Held once: an actix address counts the mailbox's
     /// capacity against each of its copies, so every chunk goes through this one.
     pub chunks: Recipient<ValidChunk>,
@@ -32,24 +32,24 @@ pub struct WriterInbox {
 }
 
 /// The batch writers and which partition each owns.
-pub struct Writers {
+pub(crate) struct Writers {
     inboxes: Vec<WriterInbox>,
     routes: Mutex<Routes>,
 }
 
 impl Writers {
-    pub fn new(inboxes: Vec<WriterInbox>) -> Writers {
+    pub(crate) fn new(inboxes: Vec<WriterInbox>) -> Writers {
         let routes = Mutex::new(Routes::new(inboxes.len()));
         Writers { inboxes, routes }
     }
 
-    pub fn inbox(&self, writer: usize) -> &WriterInbox {
+    pub(crate) fn inbox(&self, writer: usize) -> &WriterInbox {
         &self.inboxes[writer]
     }
 
     /// Gives newly assigned partitions (with their stored next offsets) to writers and tells
     /// each writer its own, before any of their records can reach it.
-    pub fn assigned(&self, epoch: Epoch, partitions: Vec<StoredOffset>) {
+    pub(crate) fn assigned(&self, epoch: Epoch, partitions: Vec<StoredOffset>) {
         let owners = match self.routes.lock() {
             Ok(mut routes) => routes.assign(partitions.iter().map(|s| s.partition)),
             Err(_) => return,
@@ -72,7 +72,7 @@ impl Writers {
     }
 
     /// Takes revoked partitions from their writers, which drop what they buffered of them.
-    pub fn revoked(&self, partitions: &[i32]) {
+    pub(crate) fn revoked(&self, partitions: &[i32]) {
         let owners = match self.routes.lock() {
             Ok(mut routes) => routes.revoke(partitions),
             Err(_) => return,
@@ -96,7 +96,7 @@ impl Writers {
 
     /// Splits a chunk by the writer owning each partition. Rows of a partition no writer owns
     /// (revoked since they were polled) are left out; answers with how many.
-    pub fn route(&self, chunk: ValidChunk) -> (Vec<(usize, ValidChunk)>, usize) {
+    pub(crate) fn route(&self, chunk: ValidChunk) -> (Vec<(usize, ValidChunk)>, usize) {
         let Ok(routes) = self.routes.lock() else {
             return (Vec::new(), chunk.metrics.len());
         };
@@ -137,11 +137,11 @@ impl Writers {
         (parts, unowned)
     }
 
-    /// Flushes every writer and answers with every offset stored so far.
-    pub async fn flush_all(&self, trigger: Trigger) -> Vec<Position> {
+    /// Flushes every writer at shutdown and answers with every offset stored so far.
+    pub(crate) async fn flush_all(&self) -> Vec<Position> {
         let mut stored = Vec::new();
         for inbox in &self.inboxes {
-            stored.extend(inbox.flush.send(Flush(trigger)).await.unwrap_or_default());
+            stored.extend(inbox.flush.send(Flush).await.unwrap_or_default());
         }
         stored
     }

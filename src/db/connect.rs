@@ -8,6 +8,7 @@ use tokio_postgres::{Client, Connection, Socket};
 
 use super::DbError;
 use super::tls;
+use crate::config::DatabaseSettings;
 
 /// How long the service waits on the database. TCP keep-alive alone would take two hours to
 /// notice a connection that died silently (Linux's default), and a query waits for its answer
@@ -29,6 +30,17 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             statement: Duration::from_secs(30),
             keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The bounds the settings give.
+impl From<&DatabaseSettings> for Timeouts {
+    fn from(settings: &DatabaseSettings) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_millis(settings.connect_timeout_ms),
+            statement: Duration::from_millis(settings.statement_timeout_ms),
+            keepalive: Duration::from_millis(settings.keepalive_ms),
         }
     }
 }

@@ -32,6 +32,12 @@ pub enum DbError {
     Migrate { url: String, message: String },
     #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    /// The server refused a COPY before it began (no privilege to write, a server that only
+    /// reads). The connection is then out of step with the server: tokio-postgres follows the
+    /// server's error with a second Sync, whose answer no request awaits, so the connection
+    /// must not be used again.
+    #[error("{}", describe(.0))]
+    CopyRefused(tokio_postgres::Error),
     /// No answer in time: the connection may be dead without being closed (a firewall or NAT
     /// dropping packets, a server failing over), so it is given up.
     #[error("the database did not answer {what} within {} ms", .limit.as_millis())]
@@ -42,7 +48,7 @@ pub enum DbError {
 
 impl DbError {
     /// Whether retrying the same thing later may succeed: the database is unreachable,
-    /// restarting or timing out, rather than refusing the data.
+    /// restarting or timing out, or refuses the writer itself, rather than refusing the data.
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::BadUrl(_) => false,
@@ -51,7 +57,7 @@ impl DbError {
             | DbError::Certificate { .. }
             | DbError::TlsRequired { .. }
             | DbError::Migrate { .. } => true,
-            DbError::Query(e) => is_transient(e),
+            DbError::Query(e) | DbError::CopyRefused(e) => is_transient(e),
             DbError::Timeout { .. } => true,
         }
     }
@@ -59,20 +65,28 @@ impl DbError {
     /// The SQLSTATE of an error the server sent.
     pub(super) fn code(&self) -> Option<&SqlState> {
         match self {
-            DbError::Query(e) => e.code(),
+            DbError::Query(e) | DbError::CopyRefused(e) => e.code(),
             _ => None,
         }
     }
 }
 
 /// Transient: the connection is gone, or the server says it is shutting down, out of
-/// resources, or cancelled the statement. Data errors (class 22, 23) are not.
+/// resources, or cancelled the statement. So is a refusal of the writer rather than of its
+/// rows, since every row would be refused alike until a person puts it right: no privilege to
+/// write (42501), a server that only reads (25006). Data errors (class 22, 23) are not.
 pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
     match error.code() {
         None => true,
+        Some(code)
+            if *code == SqlState::INSUFFICIENT_PRIVILEGE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            true
+        }
         Some(code) => {
             let class = &code.code()[..2];
             matches!(class, "08" | "53" | "57" | "58" | "40")

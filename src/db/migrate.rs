@@ -7,7 +7,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::DbError;
 use super::connect::{Timeouts, open};
-use crate::config::redact_url;
+use crate::secret::redact_url;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

@@ -20,8 +20,8 @@ mod migrate;
 mod offsets;
 pub mod queries;
 mod storage;
-pub mod timescale;
-pub mod tls;
+pub(crate) mod timescale;
+pub(crate) mod tls;
 
 pub use connect::{Timeouts, check_url, connect, connect_diesel, within};
 pub use error::{DbError, describe, is_transient};
@@ -106,6 +106,9 @@ pub struct Writer {
     /// Set when a round trip went unanswered: the connection is given up, whatever state the
     /// server is in.
     abandoned: bool,
+    /// Set when the server refused a COPY before it began: the connection is out of step
+    /// ([`DbError::CopyRefused`]) and is dropped rather than used again.
+    out_of_step: bool,
 }
 
 /// A server session (backend process) of the writer, told apart from a later one that reuses
@@ -151,13 +154,14 @@ impl Writer {
             },
             timeouts: *timeouts,
             abandoned: false,
+            out_of_step: false,
             client,
         })
     }
 
-    /// Whether the connection is closed or was given up: a new one is needed.
+    /// Whether the connection is closed, was given up or is out of step: a new one is needed.
     pub fn is_closed(&self) -> bool {
-        self.abandoned || self.client.is_closed()
+        self.abandoned || self.out_of_step || self.client.is_closed()
     }
 
     /// Whether the connection was given up because the database stopped answering.
@@ -228,6 +232,12 @@ impl Writer {
             // An unanswered connection is given up as it is; its server session, if it still
             // runs, is ended by the next one (see `end_session`).
             Err(e @ DbError::Timeout { .. }) => Err(e),
+            // Nothing more is sent on a connection out of step; the server ends its
+            // transaction when the connection is dropped.
+            Err(e @ DbError::CopyRefused(_)) => {
+                self.out_of_step = true;
+                Err(e)
+            }
             Err(e) => {
                 self.rollback().await;
                 Err(e)
@@ -275,7 +285,7 @@ impl Writer {
                 begun?;
                 copied
             };
-            inserted = self.round_trip("the COPY", copy).await?;
+            inserted = within(self.timeouts.statement, "the COPY", copy).await?;
             if staged {
                 inserted = self
                     .round_trip("the merge", client.execute(&self.merge, &[]))
@@ -334,8 +344,11 @@ async fn copy_rows(
     client: &Client,
     statement: &Statement,
     rows: &[impl AsMetric],
-) -> Result<u64, tokio_postgres::Error> {
-    let sink = client.copy_in(statement).await?;
+) -> Result<u64, DbError> {
+    let sink = client
+        .copy_in(statement)
+        .await
+        .map_err(DbError::CopyRefused)?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
     for row in rows {
@@ -352,5 +365,5 @@ async fn copy_rows(
         ];
         writer.as_mut().write(&values).await?;
     }
-    writer.finish().await
+    Ok(writer.finish().await?)
 }

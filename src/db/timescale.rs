@@ -12,18 +12,18 @@ use crate::config::PolicyAge;
 use crate::db::DbError;
 
 /// Name of the continuous aggregate.
-pub const AGGREGATE: &str = "system_metrics_1m";
+pub(crate) const AGGREGATE: &str = "system_metrics_1m";
 
 const LOCK_KEY: i64 = 0x5041_4e4f_5054_4944;
 
 /// The statement that turns a plain `system_metrics` holding rows into a hypertable; the
 /// service runs it itself only on an empty table, since it rewrites every row under a lock.
-pub const CONVERT_STATEMENT: &str = "SELECT create_hypertable('system_metrics', 'time', \
+pub(crate) const CONVERT_STATEMENT: &str = "SELECT create_hypertable('system_metrics', 'time', \
      chunk_time_interval => INTERVAL '1 day', migrate_data => true, create_default_indexes => false)";
 
 /// What the server offers of TimescaleDB.
 #[derive(Debug, Clone, Default)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     /// Version of the installed extension package, if any.
     pub available: Option<String>,
     /// Whether `shared_preload_libraries` lists it: without that, `CREATE EXTENSION` ends the
@@ -37,7 +37,7 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    pub async fn read(client: &Client) -> Result<ServerState, DbError> {
+    pub(crate) async fn read(client: &Client) -> Result<ServerState, DbError> {
         let row = client
             .query_one(
                 r#"SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
@@ -76,7 +76,7 @@ impl ServerState {
 /// left as it is with a WARN naming the statement that converts it. Where TimescaleDB is
 /// installed but not preloaded, says so in one WARN line with the fix. Runs under the
 /// lifecycle's advisory lock, so instances starting together convert once.
-pub async fn adopt(client: &Client) -> Result<(), DbError> {
+pub(crate) async fn adopt(client: &Client) -> Result<(), DbError> {
     let state = ServerState::read(client).await?;
     let Some(available) = &state.available else {
         return Ok(());
@@ -149,13 +149,13 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
 
 /// What was set up; a step that failed is logged and left out.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     pub continuous_aggregate: bool,
 }
 
 /// Applies the policies. Safe to run from several instances at once (advisory lock) and
 /// again at every start (each step replaces what the previous start left).
-pub async fn apply(
+pub(crate) async fn apply(
     client: &Client,
     chunk_interval_secs: i64,
     compress_after: PolicyAge,

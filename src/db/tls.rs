@@ -19,14 +19,14 @@ use percent_encoding::percent_decode_str;
 use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::config::SslMode as WireSslMode;
 
-use crate::config::redact_url;
 use crate::pem;
+use crate::secret::redact_url;
 
 use super::DbError;
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     Disable,
     Prefer,
     Require,
@@ -46,7 +46,7 @@ impl SslMode {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -59,7 +59,7 @@ impl SslMode {
 
 /// Where and how to connect: the tokio-postgres configuration and the TLS connector the URL
 /// asks for.
-pub struct Target {
+pub(crate) struct Target {
     pub config: tokio_postgres::Config,
     pub mode: SslMode,
     pub tls: MakeTlsConnector,
@@ -79,7 +79,7 @@ struct TlsParameters {
 impl Target {
     /// Parses the URL and reads the certificate files it names; every mistake is reported here,
     /// before any connection is tried.
-    pub fn parse(url: &str) -> Result<Target, DbError> {
+    pub(crate) fn parse(url: &str) -> Result<Target, DbError> {
         let redacted = redact_url(url);
         let bad = |why: String| DbError::BadUrl(format!("{redacted} ({why})"));
         let (rest, tls) = split_tls_parameters(url).map_err(bad)?;
@@ -101,7 +101,7 @@ impl Target {
 
     /// The error of a failed connection attempt, saying so when the server's certificate is
     /// what failed, or when the server wants TLS and `sslmode=disable` refused it.
-    pub fn connect_error(&self, source: tokio_postgres::Error) -> DbError {
+    pub(crate) fn connect_error(&self, source: tokio_postgres::Error) -> DbError {
         let text = super::describe(&source);
         if text.contains("certificate verify failed") {
             // postgres-openssl ends the message with OpenSSL's verdict on the certificate.

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The access rule of the server.
 #[derive(Clone)]

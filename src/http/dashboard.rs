@@ -26,7 +26,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     for (path, content_type, body) in ASSETS {
         cfg.route(
             path,

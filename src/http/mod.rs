@@ -3,10 +3,10 @@
 
 pub mod api;
 pub mod auth;
-pub mod dashboard;
-pub mod openapi;
-pub mod prometheus;
-pub mod prometheus_api;
+pub(crate) mod dashboard;
+pub(crate) mod openapi;
+pub(crate) mod prometheus;
+pub(crate) mod prometheus_api;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -27,8 +27,8 @@ use super::api;
         api::SeriesPoint
     ))
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
-pub async fn document() -> HttpResponse {
+pub(crate) async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }

@@ -302,7 +302,7 @@ fn render(stats: &Stats) -> Result<Vec<u8>, prometheus::Error> {
     Ok(buffer)
 }
 
-pub async fn metrics(stats: web::Data<Arc<Stats>>) -> HttpResponse {
+pub(crate) async fn metrics(stats: web::Data<Arc<Stats>>) -> HttpResponse {
     match render(&stats) {
         Ok(body) => HttpResponse::Ok()
             .content_type(prometheus::TEXT_FORMAT)

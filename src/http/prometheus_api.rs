@@ -22,7 +22,7 @@ use crate::promql::{
 /// lookback and range windows).
 const PROMETHEUS_VERSION: &str = "3.0.0";
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     // Every endpoint by GET and by form POST, as Grafana may use either.
     fn get_or_post() -> actix_web::Route {
         web::route().guard(guard::Any(guard::Get()).or(guard::Post()))
@@ -108,7 +108,7 @@ impl Params {
 const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 /// A time as Prometheus takes it: Unix seconds (a float) or RFC 3339; in ms.
-pub fn parse_time(name: &str, value: &str) -> Result<i64, PromError> {
+pub(crate) fn parse_time(name: &str, value: &str) -> Result<i64, PromError> {
     let bad = || {
         PromError::BadData(format!(
             "invalid parameter \"{name}\": cannot parse {value:?} to a valid timestamp"
@@ -129,7 +129,7 @@ pub fn parse_time(name: &str, value: &str) -> Result<i64, PromError> {
 }
 
 /// A step or duration as Prometheus takes it: float seconds, or `1m`, `1h30m`…; in ms.
-pub fn parse_step(value: &str) -> Result<i64, PromError> {
+pub(crate) fn parse_step(value: &str) -> Result<i64, PromError> {
     let bad = || {
         PromError::BadData(format!(
             "invalid parameter \"step\": cannot parse {value:?} to a valid duration"
