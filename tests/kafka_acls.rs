@@ -9,6 +9,7 @@
 //!   are dead-lettered.
 //! - Without Create and without a dead-letter topic, the partition holding an invalid message
 //!   waits, `/ready` is 503 and says why, until the topic is made; then nothing is lost.
+//!   Create on the dead-letter topic alone lets the service make it.
 //! - Without Read on the topic (or anything on it, or on the group), one ERROR line names the
 //!   ACL missing and `/ready` is 503, until it is granted.
 
@@ -410,4 +411,31 @@ async fn without_read_on_the_topic_one_line_names_the_acl_and_ready_is_503_until
         &format!("--group {group}"),
     )
     .await;
+}
+
+/// Create on the dead-letter topic alone, not on the cluster, is enough for the service to
+/// make it at start-up.
+#[tokio::test]
+async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
+    let user = new_user();
+    let topic = unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    let group = unique("group");
+    acls().broker.create_topics(&[(topic.as_str(), 1)]).await;
+    allow_least_privilege(&user, &topic, &group);
+    allow(&user, &["Create"], &["--topic", &dlq]);
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    assert!(
+        app.wait_for_log(
+            &format!("created dead-letter topic topic={dlq} partitions=1"),
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "{:#?}",
+        app.lines()
+    );
+    produce(&producer_on(admin()), &topic, 0, &[b"not json".to_vec()]).await;
+    assert_eq!(consume_all_on(admin(), &dlq, 1).await.len(), 1);
+    assert!(error_lines(&app).is_empty(), "{:#?}", error_lines(&app));
 }
