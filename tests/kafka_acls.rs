@@ -2,7 +2,8 @@
 //! one broker for the tests of this file): the tests' own admin work (topics, producing,
 //! reading dead letters, the ACLs themselves, made with Kafka's `kafka-acls`) goes over the
 //! PLAINTEXT listener, whose `User:ANONYMOUS` is the super user; the service logs in over
-//! `SASL_SSL` with SCRAM as a user of each test's own, allowed exactly what README lists.
+//! `SASL_SSL` with SCRAM as a user of each test's own, allowed exactly what README lists, or
+//! over mutual TLS as its client certificate's subject, `User:CN=panopticon`.
 //!
 //! - With least privilege (Read and Describe on the topic and the group, Write and Describe on
 //!   the dead-letter topic) every metric is stored once, across a restart, and invalid ones
@@ -27,8 +28,9 @@ const PASSWORD: &str = "acl-Pa55word";
 /// The broker of this file.
 fn acls() -> &'static SharedTls {
     common::tls::shared(
-        &[("SASL_SSL", "SASL_SSL")],
+        &[("SASL_SSL", "SASL_SSL"), ("MTLS", "SSL")],
         &[
+            ("listener.name.mtls.ssl.client.auth", "required"),
             (
                 "authorizer.class.name",
                 "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
@@ -438,4 +440,69 @@ async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
     produce(&producer_on(admin()), &topic, 0, &[b"not json".to_vec()]).await;
     assert_eq!(consume_all_on(admin(), &dlq, 1).await.len(), 1);
     assert!(error_lines(&app).is_empty(), "{:#?}", error_lines(&app));
+}
+
+/// Over mutual TLS the principal is the client certificate's subject: allowed, it stores
+/// metrics; refused, the line names it as the ACLs do.
+#[tokio::test]
+async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name() {
+    let SharedTls { certs, broker } = acls();
+    let principal = "CN=panopticon";
+    let db = TestDatabase::create().await;
+    let env = |topic: &str, group: &str| {
+        let mut env = service_env(topic, group, &db);
+        env.insert("KAFKA_BROKERS".into(), broker.address_of("MTLS").into());
+        env.insert("KAFKA_SECURITY_PROTOCOL".into(), "ssl".into());
+        for (setting, file) in [
+            ("KAFKA_SSL_CA_LOCATION", "ca.pem"),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", "client.pem"),
+            ("KAFKA_SSL_KEY_LOCATION", "client.key"),
+        ] {
+            env.insert(setting.into(), certs.path(file).display().to_string());
+        }
+        env
+    };
+
+    let topic = unique("metrics");
+    let group = unique("group");
+    broker
+        .create_topics(&[(topic.as_str(), 1), (format!("{topic}.dlq").as_str(), 1)])
+        .await;
+    allow_least_privilege(principal, &topic, &group);
+    let app = TestApp::spawn_consuming(env(&topic, &group));
+    produce(
+        &producer_on(admin()),
+        &topic,
+        0,
+        &[guide_message("mtls-acl-pod", 1.0, 2.0, now_ms())],
+    )
+    .await;
+    assert_eq!(
+        wait_for_count(&db, "SELECT count(*) FROM system_metrics", 1).await,
+        1,
+        "{:#?}",
+        app.lines()
+    );
+    drop(app);
+
+    // A topic this principal may not read.
+    let other = unique("metrics");
+    let group = unique("group");
+    broker
+        .create_topics(&[(other.as_str(), 1), (format!("{other}.dlq").as_str(), 1)])
+        .await;
+    allow(principal, &["Read", "Describe"], &["--group", &group]);
+    allow(
+        principal,
+        &["Write", "Describe"],
+        &["--topic", &format!("{other}.dlq")],
+    );
+    let app = TestApp::spawn(env(&other, &group));
+    refused(
+        &app,
+        principal,
+        &format!("topic {other}"),
+        &format!("--topic {other}"),
+    )
+    .await;
 }
