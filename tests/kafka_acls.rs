@@ -10,7 +10,8 @@
 //!   are dead-lettered.
 //! - Without Create and without a dead-letter topic, the partition holding an invalid message
 //!   waits, `/ready` is 503 and says why, until the topic is made; then nothing is lost.
-//!   Create on the dead-letter topic alone lets the service make it.
+//!   Create on the dead-letter topic alone lets the service make it. Without Write on it, the
+//!   partition waits until Write is granted.
 //! - Without Read on the topic (or anything on it, or on the group), one ERROR line names the
 //!   ACL missing and `/ready` is 503, until it is granted.
 
@@ -505,4 +506,68 @@ async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name(
         &format!("--topic {other}"),
     )
     .await;
+}
+
+/// Without Write on the dead-letter topic (nor on any topic) the idempotent dead-letter
+/// producer is refused its producer id, which librdkafka makes final: the partition waits, and
+/// once Write is granted a new producer sends the dead letter, without a restart.
+#[tokio::test]
+async fn without_write_on_the_dead_letter_topic_the_partition_waits_until_it_is_granted() {
+    let user = new_user();
+    let topic = unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    let group = unique("group");
+    acls()
+        .broker
+        .create_topics(&[(topic.as_str(), 1), (dlq.as_str(), 1)])
+        .await;
+    allow(&user, &["Read", "Describe"], &["--topic", &topic]);
+    allow(&user, &["Read", "Describe"], &["--group", &group]);
+    allow(&user, &["Describe"], &["--topic", &dlq]);
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    produce(
+        &producer_on(admin()),
+        &topic,
+        0,
+        &[
+            b"not json".to_vec(),
+            guide_message("behind-the-unwritable-one", 1.0, 2.0, now_ms()),
+        ],
+    )
+    .await;
+    let status = app
+        .wait_for_status("the partition held", |s| {
+            s["validator"]["held_partitions"]
+                .as_array()
+                .is_some_and(|held| !held.is_empty())
+        })
+        .await;
+    assert_eq!(status["validator"]["held_partitions"][0]["offset"], 0);
+    assert!(
+        app.wait_for_log(
+            "dead-letter producer failed for good",
+            Duration::from_secs(15)
+        )
+        .is_some(),
+        "{:#?}",
+        app.lines()
+    );
+
+    allow(&user, &["Write"], &["--topic", &dlq]);
+    app.wait_for_status("the dead letter acknowledged", |s| {
+        s["validator"]["dead_lettered"] == 1
+            && s["validator"]["held_partitions"] == serde_json::json!([])
+    })
+    .await;
+    assert_eq!(consume_all_on(admin(), &dlq, 1).await.len(), 1);
+    assert_eq!(
+        wait_for_count(
+            &db,
+            "SELECT count(*) FROM system_metrics WHERE pod_name = 'behind-the-unwritable-one'",
+            1
+        )
+        .await,
+        1
+    );
 }
