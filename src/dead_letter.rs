@@ -2,6 +2,7 @@
 //! key and payload, and headers saying why, where it came from and when. A dead letter is sent
 //! until the broker acknowledges it; the offset of its message is not stored before that.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::Backoff;
@@ -40,7 +41,10 @@ pub(crate) struct DeadLetter<'a> {
 /// The producer of dead letters; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct DeadLetters {
-    producer: FutureProducer,
+    /// Replaced by a new one made from `config` when librdkafka declares it failed for good
+    /// (an idempotent producer refused its producer id: no Write ACL on any topic).
+    producer: Arc<Mutex<FutureProducer>>,
+    config: ClientConfig,
     topic: String,
     source_topic: String,
 }
@@ -67,7 +71,8 @@ impl DeadLetters {
         settings.security.apply(&mut config);
         let producer = config.create()?;
         Ok(DeadLetters {
-            producer,
+            producer: Arc::new(Mutex::new(producer)),
+            config,
             topic: settings.dlq_topic.clone(),
             source_topic: settings.topic.clone(),
         })
@@ -80,6 +85,7 @@ impl DeadLetters {
         let mut pending: Vec<&DeadLetter<'_>> = letters.iter().collect();
         let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         while !pending.is_empty() {
+            let producer = self.producer();
             let now = Utc::now().to_rfc3339();
             let results = join_all(pending.iter().map(|letter| {
                 let partition = letter.partition.to_string();
@@ -115,7 +121,7 @@ impl DeadLetters {
                 if let Some(key) = letter.key {
                     record = record.key(key);
                 }
-                self.producer.send(record, Duration::from_secs(5))
+                producer.send(record, Duration::from_secs(5))
             }))
             .await;
             let mut failed = Vec::new();
@@ -138,6 +144,9 @@ impl DeadLetters {
                     .collect(),
                 letters.iter().map(|letter| letter.partition),
             );
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                self.replace_failed_producer(code, &reason);
+            }
             if let Some((_, e)) = failed.first() {
                 let delay = backoff.next_delay();
                 log::warn!(
@@ -149,6 +158,33 @@ impl DeadLetters {
                 tokio::time::sleep(delay).await;
             }
             pending = failed.into_iter().map(|(letter, _)| letter).collect();
+        }
+    }
+}
+
+impl DeadLetters {
+    fn producer(&self) -> FutureProducer {
+        match self.producer.lock() {
+            Ok(producer) => producer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes a new producer in place of one librdkafka declared failed for good, which would
+    /// refuse every send from then on: the cause (an ACL) may be lifted by now, and if it is
+    /// not, the new one says so again.
+    fn replace_failed_producer(&self, code: RDKafkaErrorCode, reason: &str) {
+        log::warn!(
+            "dead-letter producer failed for good ({code}: {reason}); making a new one (the principal needs Write on topic {})",
+            self.topic
+        );
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                if let Ok(mut producer) = self.producer.lock() {
+                    *producer = fresh;
+                }
+            }
+            Err(e) => log::warn!("cannot make a new dead-letter producer: {e}"),
         }
     }
 }

@@ -244,6 +244,39 @@ impl KafkaSecurity {
         }
     }
 
+    /// The principal the brokers' ACLs know this client as, in `kafka-acls` notation: the SASL
+    /// user; else the client certificate's subject as Kafka's default mapping writes it
+    /// (RFC 2253, most specific attribute first); else `User:ANONYMOUS`.
+    pub fn principal(&self) -> String {
+        if self.kafka_security_protocol.uses_sasl() {
+            let user = self.kafka_sasl_username.as_deref().unwrap_or_default();
+            return format!("User:{user}");
+        }
+        let Some(certificate) = &self.kafka_ssl_certificate_location else {
+            return "User:ANONYMOUS".into();
+        };
+        let subject = pem::certificates("KAFKA_SSL_CERTIFICATE_LOCATION", certificate)
+            .ok()
+            .and_then(|chain| chain.into_iter().next())
+            .map(|leaf| {
+                let mut parts: Vec<String> = leaf
+                    .subject_name()
+                    .entries()
+                    .filter_map(|entry| {
+                        let name = entry.object().nid().short_name().ok()?;
+                        let value = entry.data().to_string().ok()?;
+                        Some(format!("{name}={value}"))
+                    })
+                    .collect();
+                parts.reverse();
+                parts.join(",")
+            });
+        match subject {
+            Some(subject) if !subject.is_empty() => format!("User:{subject}"),
+            _ => "User:<the subject of KAFKA_SSL_CERTIFICATE_LOCATION>".into(),
+        }
+    }
+
     /// librdkafka's account of a failed connection, with what to check where the cause is one
     /// of these settings.
     pub fn explain(&self, reason: &str) -> String {
@@ -257,6 +290,19 @@ impl KafkaSecurity {
                     ca.display()
                 ),
                 None => "the broker's certificate is not signed by a CA the system trusts; set KAFKA_SSL_CA_LOCATION".into(),
+            })
+        } else if lower.contains("alert bad certificate")
+            || lower.contains("alert certificate required")
+            || lower.contains("alert unknown ca")
+        {
+            // The broker's TLS alert about the client's certificate: none sent where the
+            // listener requires one (`ssl.client.auth=required`), or one it does not trust.
+            Some(match &self.kafka_ssl_certificate_location {
+                Some(certificate) => format!(
+                    "the broker refused the client certificate KAFKA_SSL_CERTIFICATE_LOCATION={}; check that a CA in the broker's truststore signed it and that it is still valid",
+                    certificate.display()
+                ),
+                None => "the broker requires a client certificate (mutual TLS); set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION".into(),
             })
         } else if lower.contains("authentication") || lower.contains("invalid credentials") {
             Some(format!(
@@ -273,6 +319,8 @@ impl KafkaSecurity {
             None
         };
         match hint {
+            // Explained already where it was recorded.
+            Some(hint) if reason.ends_with(&format!("({hint})")) => reason.to_owned(),
             Some(hint) => format!("{reason} ({hint})"),
             None => reason.to_owned(),
         }
@@ -352,8 +400,34 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_client_certificate_is_told_apart_from_a_missing_one() {
+        let reason = "Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42";
+        let without = KafkaSecurity {
+            kafka_security_protocol: SecurityProtocol::Ssl,
+            ..KafkaSecurity::default()
+        };
+        assert!(without.explain(reason).contains(
+            "requires a client certificate (mutual TLS); set KAFKA_SSL_CERTIFICATE_LOCATION"
+        ));
+        let with = KafkaSecurity {
+            kafka_ssl_certificate_location: Some("/etc/panopticon/client.pem".into()),
+            ..without
+        };
+        assert!(with.explain(reason).contains(
+            "refused the client certificate KAFKA_SSL_CERTIFICATE_LOCATION=/etc/panopticon/client.pem"
+        ));
+    }
+
+    #[test]
+    fn the_principal_is_the_sasl_user_else_anonymous() {
+        assert_eq!(sasl().principal(), "User:panopticon");
+        assert_eq!(KafkaSecurity::default().principal(), "User:ANONYMOUS");
+    }
+
+    #[test]
     fn the_password_never_shows_in_explanations() {
         let text = sasl().explain("SASL authentication error: Authentication failed");
+        assert_eq!(sasl().explain(&text), text, "explained twice");
         assert!(text.contains("KAFKA_SASL_USERNAME=panopticon"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }

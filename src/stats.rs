@@ -193,6 +193,9 @@ pub struct Stats {
     /// Last failure to reach the Kafka brokers (TLS, authentication, transport), as librdkafka
     /// reported it; cleared once a broker answers.
     pub kafka_error: Mutex<Option<String>>,
+    /// Why the brokers refuse this consumer what it needs (an ACL missing), if they do;
+    /// cleared once a record is read again.
+    pub kafka_access_error: Mutex<Option<String>>,
     pub storage: Mutex<Option<String>>,
     /// The oldest a metric may be, in milliseconds before now, where a retention job would
     /// delete anything older (TimescaleDB only); `None`: any past is accepted.
@@ -380,6 +383,18 @@ impl Stats {
 
     pub fn kafka_error(&self) -> Option<String> {
         self.kafka_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Sets why the brokers refuse access, answering what it was before.
+    pub fn replace_kafka_access_error(&self, error: Option<String>) -> Option<String> {
+        self.kafka_access_error
+            .lock()
+            .ok()
+            .and_then(|mut slot| std::mem::replace(&mut *slot, error))
+    }
+
+    pub fn kafka_access_error(&self) -> Option<String> {
+        self.kafka_access_error.lock().ok().and_then(|e| e.clone())
     }
 }
 

@@ -1,7 +1,8 @@
 //! What a first deployment against an existing Kafka and PostgreSQL meets: a dead-letter topic
-//! nobody created, a broker that will not create it, TimescaleDB installed but not preloaded
-//! (or preloaded only later), a retention window older back-fill would fall out of, and series
-//! buckets that must start at the same times on both storages.
+//! nobody created, TimescaleDB installed but not preloaded (or preloaded only later), a
+//! retention window older back-fill would fall out of, and series buckets that must start at
+//! the same times on both storages. A broker whose ACLs will not let the service create the
+//! dead-letter topic is in `tests/kafka_acls.rs`, against Apache Kafka's own authorizer.
 //!
 //! The TimescaleDB cases run on a server of the test's own where the extension is installed,
 //! and say that they were skipped where it is not.
@@ -77,90 +78,6 @@ async fn without_a_dead_letter_topic_the_guide_flow_stores_the_good_metrics() {
         serde_json::json!([])
     );
     assert!(status["validator"]["dead_letter_topic_error"].is_null());
-}
-
-/// A broker that refuses to create topics (no permission): one ERROR line naming the topic and
-/// the fix, `/ready` 503 with the reason, and `/status` showing the partition an invalid
-/// message holds and why. librdkafka's mock cluster refuses CreateTopics on every request, a
-/// refusal a broker whose ACLs deny Create gives too.
-#[tokio::test]
-async fn a_broker_refusing_to_create_the_dead_letter_topic_is_reported_and_holds_readiness() {
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let topic = common::unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    cluster.create_topic(&topic, 1, 1).expect("create topic");
-    cluster.request_errors(
-        RDKafkaApiKey::CreateTopics,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000],
-    );
-    let db = TestDatabase::create().await;
-    let mut env = common::service_env(&topic, &common::unique("g"), &db);
-    env.insert("KAFKA_BROKERS".into(), cluster.bootstrap_servers());
-    let app = TestApp::spawn_consuming(env);
-
-    let line = app
-        .wait_for_log(
-            &format!("dead-letter topic {dlq} is missing and cannot be created"),
-            Duration::from_secs(10),
-        )
-        .expect("no line about the dead-letter topic");
-    assert!(line.contains("ERROR"), "{line}");
-    assert!(
-        line.contains("--create --topic"),
-        "the line names no fix: {line}"
-    );
-    assert_eq!(
-        app.lines_containing("cannot be created").len(),
-        1,
-        "said more than once"
-    );
-    let ready = reqwest::get(app.url("/ready")).await.expect("GET /ready");
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.expect("JSON");
-    assert!(
-        body["reason"].as_str().unwrap_or_default().contains(&dlq),
-        "{body}"
-    );
-
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .create()
-        .expect("producer");
-    producer
-        .send(
-            FutureRecord::<(), [u8]>::to(&topic)
-                .partition(0)
-                .payload(b"not json".as_slice()),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
-    let status = app
-        .wait_for_status("the partition held", |s| {
-            s["validator"]["held_partitions"]
-                .as_array()
-                .is_some_and(|held| !held.is_empty())
-        })
-        .await;
-    let held = &status["validator"]["held_partitions"][0];
-    assert_eq!(held["partition"], 0);
-    assert_eq!(held["offset"], 0);
-    assert!(
-        held["reason"].as_str().unwrap_or_default().contains(&dlq),
-        "{held}"
-    );
-    assert!(
-        status["validator"]["dead_letter_topic_error"]
-            .as_str()
-            .is_some_and(|e| e.contains(&dlq)),
-        "{status:#}"
-    );
-    assert_eq!(status["ready"], false);
 }
 
 /// Where TimescaleDB's retention job would delete old chunks, a metric older than the window

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Stop};
 use crate::actors::writers::Writers;
 use crate::config::KafkaSettings;
+use crate::kafka_security::KafkaSecurity;
 use crate::log_limit::LogLimit;
 use crate::offsets::{Epoch, Position, StoredOffset, StoredOffsets};
 use crate::stats::{PartitionReport, Stats};
@@ -141,6 +142,95 @@ fn tidy_reason(reason: &str) -> String {
     }
 }
 
+/// What the brokers' ACLs must allow this consumer, to name the missing one when a broker
+/// refuses: a principal without Describe on the group cannot join it, and one without Read on
+/// the topic joins, is assigned its partitions, and then reads nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    topic: String,
+    group: String,
+    /// The principal the brokers see, as `kafka-acls` names it.
+    principal: String,
+}
+
+impl Access {
+    pub(crate) fn new(settings: &KafkaSettings) -> Access {
+        Access {
+            topic: settings.topic.clone(),
+            group: settings.group_id.clone(),
+            principal: settings.security.principal(),
+        }
+    }
+
+    /// The account of an authorization error, with the ACL that would lift it; `None` for
+    /// every other error.
+    fn refusal(&self, code: RDKafkaErrorCode) -> Option<String> {
+        let (resource, option) = match code {
+            RDKafkaErrorCode::TopicAuthorizationFailed => (
+                format!("topic {}", self.topic),
+                format!("--topic {}", self.topic),
+            ),
+            RDKafkaErrorCode::GroupAuthorizationFailed => (
+                format!("consumer group {}", self.group),
+                format!("--group {}", self.group),
+            ),
+            _ => return None,
+        };
+        Some(format!(
+            "Kafka refused {principal} access to {resource} ({code}); grant it: kafka-acls.sh \
+             --bootstrap-server … --add --allow-principal {principal} --operation Read \
+             --operation Describe {option}; until then no metric is read and /ready answers 503",
+            principal = self.principal
+        ))
+    }
+
+    /// Whether `error` is an authorization error; if it is, it is kept for `/ready` and
+    /// logged once, as ERROR: nothing is read until an ACL changes.
+    fn refused(&self, stats: &Stats, error: &KafkaError) -> bool {
+        let Some(reason) = error.rdkafka_error_code().and_then(|c| self.refusal(c)) else {
+            return false;
+        };
+        if stats
+            .replace_kafka_access_error(Some(reason.clone()))
+            .as_ref()
+            != Some(&reason)
+        {
+            log::error!("{reason}");
+        }
+        true
+    }
+
+    /// Clears a refusal that `proof` shows lifted: a record read proves both ACLs, an
+    /// assignment the group's.
+    fn granted(&self, stats: &Stats, proof: Proof) {
+        let Some(reason) = stats.kafka_access_error() else {
+            return;
+        };
+        let lifted = match proof {
+            Proof::RecordRead => true,
+            Proof::Assigned => {
+                self.refusal(RDKafkaErrorCode::GroupAuthorizationFailed) == Some(reason)
+            }
+        };
+        if lifted {
+            stats.replace_kafka_access_error(None);
+            log::info!(
+                "Kafka grants {} access to topic {} and group {} now",
+                self.principal,
+                self.topic,
+                self.group
+            );
+        }
+    }
+}
+
+/// What shows that a broker lets the consumer have what an ACL refused it.
+#[derive(Debug, Clone, Copy)]
+enum Proof {
+    RecordRead,
+    Assigned,
+}
+
 /// Callbacks librdkafka runs on the consumer's behalf: rebalances, commits, statistics.
 pub(crate) struct ConsumerEvents {
     stats: Arc<Stats>,
@@ -156,6 +246,10 @@ pub(crate) struct ConsumerEvents {
     /// Counts rebalances; chunks carry the count their records were polled under
     /// ([`Epoch`]).
     epoch: AtomicU64,
+    /// Names the ACL missing when a broker refuses the group or the topic.
+    access: Access,
+    /// Says which setting to check when a connection fails (`/ready` gives the reason).
+    security: KafkaSecurity,
 }
 
 impl ConsumerEvents {
@@ -173,6 +267,8 @@ impl ConsumerEvents {
             joined: AtomicBool::new(false),
             writers,
             epoch: AtomicU64::new(0),
+            access: Access::new(settings),
+            security: settings.security.clone(),
         }
     }
 
@@ -227,7 +323,8 @@ impl ClientContext for ConsumerEvents {
                 // A failed connection (TLS, SASL, transport) is logged here as it happens;
                 // the error callback only runs once the consumer is polled.
                 if fac == "FAIL" {
-                    self.stats.set_kafka_error(Some(tidy_reason(message)));
+                    let reason = self.security.explain(&tidy_reason(message));
+                    self.stats.set_kafka_error(Some(reason));
                 }
                 log::debug!(target: "librdkafka", "{fac} {message}")
             }
@@ -237,10 +334,12 @@ impl ClientContext for ConsumerEvents {
 
     fn error(&self, error: KafkaError, reason: &str) {
         log::debug!(target: "librdkafka", "{error}: {reason}");
+        self.access.refused(&self.stats, &error);
         // Why the brokers cannot be reached (TLS, authentication, transport), for the start-up
         // line and `/ready`; "all brokers are down" follows every such failure and says less.
         if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.stats.set_kafka_error(Some(tidy_reason(reason)));
+            let reason = self.security.explain(&tidy_reason(reason));
+            self.stats.set_kafka_error(Some(reason));
         }
     }
 
@@ -318,6 +417,7 @@ impl ConsumerContext for ConsumerEvents {
                     }
                 }
                 self.stats.consumer_joined.store(true, Ordering::Relaxed);
+                self.access.granted(&self.stats, Proof::Assigned);
                 if !self.joined.swap(true, Ordering::Relaxed) {
                     log::info!(
                         "Kafka consumer connected group={} topic={} partitions={assigned:?}",
@@ -367,6 +467,8 @@ pub(crate) struct KafkaConsumer {
     output: Option<ConsumerOutput>,
     stats: Arc<Stats>,
     chunk_max: usize,
+    /// Handed to the read task, which sees the brokers' refusals to let it read.
+    access: Access,
     /// Ends the read task.
     stop: CancellationToken,
     /// The read task; awaited by [`Stop`] so shutdown knows when the last commit is done.
@@ -387,6 +489,7 @@ impl KafkaConsumer {
             output: Some(output),
             stats,
             chunk_max: settings.chunk_max as usize,
+            access: Access::new(settings),
             stop: CancellationToken::new(),
             reader: None,
         })
@@ -428,6 +531,7 @@ impl Actor for KafkaConsumer {
             chunk_max: self.chunk_max,
             stop: self.stop.clone(),
             errors: LogLimit::new("Kafka consumer errors", 1),
+            access: self.access.clone(),
         };
         let me = ctx.address();
         self.reader = Some(actix_rt::spawn(async move {
@@ -485,6 +589,8 @@ struct Reader {
     chunk_max: usize,
     stop: CancellationToken,
     errors: LogLimit,
+    /// Says once which ACL is missing when a broker refuses, and when it is granted.
+    access: Access,
 }
 
 /// Adds a record to a chunk.
@@ -515,6 +621,7 @@ impl Reader {
                     };
                     match first {
                         Some(Ok(message)) => {
+                            self.access.granted(&self.stats, Proof::RecordRead);
                             // Read after the poll: a rebalance runs inside it, before its
                             // record.
                             let mut chunk = RawChunk::new(epoch());
@@ -573,6 +680,9 @@ impl Reader {
     /// Counts a consumer error and logs it, at most once a second.
     fn failed(&mut self, error: &KafkaError) {
         self.stats.consumer.errors.fetch_add(1, Ordering::Relaxed);
+        if self.access.refused(&self.stats, error) {
+            return;
+        }
         if self.errors.allow() {
             log::warn!("Kafka consumer error: {error}");
         }

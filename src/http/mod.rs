@@ -83,6 +83,9 @@ fn not_ready_reason(stats: &Stats) -> Option<String> {
             None => "database not connected yet".into(),
         });
     }
+    if let Some(e) = stats.kafka_access_error() {
+        return Some(e);
+    }
     if !stats.consumer_joined.load(Ordering::Relaxed) {
         return Some(match stats.kafka_error() {
             Some(e) => format!("Kafka broker unreachable: {e}"),
@@ -200,6 +203,7 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
         "consumer": {
             "actor": ActorReport::new(&stats.consumer, consumer_rates),
             "joined": stats.consumer_joined.load(Ordering::Relaxed),
+            "access_error": stats.kafka_access_error(),
             "assigned_partitions": partitions.keys().collect::<Vec<_>>(),
             "paused_partitions": if paused { partitions.keys().collect::<Vec<_>>() } else { Vec::new() },
             "partitions": partitions,

@@ -382,6 +382,30 @@ impl KafkaCluster {
         )?;
         Ok(())
     }
+
+    /// Allows `principal` (`User:…`) each of `operations` on `resource` (`["--topic", name]`,
+    /// `["--group", name]`) with Kafka's own `kafka-acls` (AclCommand), over the PLAINTEXT
+    /// listener, whose principal must be a super user where an authorizer is on.
+    pub fn allow(
+        &self,
+        principal: &str,
+        operations: &[&str],
+        resource: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut args = vec![
+            "--bootstrap-server",
+            "{bootstrap}",
+            "--add",
+            "--allow-principal",
+            principal,
+        ];
+        for operation in operations {
+            args.extend(["--operation", operation]);
+        }
+        args.extend(resource);
+        self.tool("org.apache.kafka.tools.AclCommand", &args)?;
+        Ok(())
+    }
 }
 
 impl ClusterOptions {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use rdkafka::config::ClientConfig;
 
@@ -120,12 +121,15 @@ impl Certs {
     }
 }
 
-/// Apache Kafka with a listener of its own for TLS clients (`SSL`, or `SASL_SSL` with SCRAM),
-/// bound to 127.0.0.1 and advertised as `localhost:<port>`, the name the server certificate
-/// carries; its PLAINTEXT listener stays for the tests' own set-up (topics, users).
+/// Apache Kafka with listeners of its own for TLS clients (`SSL`, or `SASL_SSL` and
+/// `SASL_PLAINTEXT` with SCRAM), bound to 127.0.0.1 and advertised as `localhost:<port>`, the
+/// name the server certificate carries; its PLAINTEXT listener stays for the tests' own set-up
+/// (topics, users, ACLs).
 pub struct TlsBroker {
-    /// `localhost:<port>` of the TLS listener.
+    /// `localhost:<port>` of the first listener.
     pub address: String,
+    /// `localhost:<port>` of each listener, by name.
+    pub addresses: BTreeMap<String, String>,
     pub cluster: KafkaCluster,
 }
 
@@ -133,27 +137,54 @@ impl TlsBroker {
     /// Starts a one-node cluster whose `protocol` listener (`SSL` or `SASL_SSL`) presents the
     /// server certificate of `certs`; `extra` properties are added (`ssl.client.auth`, …).
     pub fn start(certs: &Certs, protocol: &str, extra: &[(&str, &str)]) -> TlsBroker {
-        let tls_port = super::free_port();
+        TlsBroker::start_listeners(certs, &[(protocol, protocol)], extra)
+    }
+
+    /// Starts a one-node cluster with a listener for each `(name, protocol)`, e.g.
+    /// `("MTLS", "SSL")`: the TLS ones present the server certificate of `certs` and trust its
+    /// CA, the SASL ones take SCRAM-SHA-256 and -512. Properties of one listener go in `extra`
+    /// as `listener.name.<name>.…` (`listener.name.mtls.ssl.client.auth=required`).
+    pub fn start_listeners(
+        certs: &Certs,
+        listeners: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> TlsBroker {
         let pem = |name: &str| {
             String::from_utf8(certs.read(name))
                 .expect("PEM is text")
                 .trim()
                 .replace('\n', "\\n")
         };
+        let ports: Vec<u16> = listeners.iter().map(|_| super::free_port()).collect();
+        let bound: Vec<String> = listeners
+            .iter()
+            .zip(&ports)
+            .map(|((name, _), port)| format!("{name}://127.0.0.1:{port}"))
+            .collect();
+        let advertised: Vec<String> = listeners
+            .iter()
+            .zip(&ports)
+            .map(|((name, _), port)| format!("{name}://localhost:{port}"))
+            .collect();
+        let map: Vec<String> = listeners
+            .iter()
+            .map(|(name, protocol)| format!("{name}:{protocol}"))
+            .collect();
         let mut properties: BTreeMap<String, String> = [
             (
                 "listeners",
                 format!(
-                    "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},{protocol}://127.0.0.1:{tls_port}"
+                    "PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},{}",
+                    bound.join(",")
                 ),
             ),
             (
                 "advertised.listeners",
-                format!("PLAINTEXT://127.0.0.1:{{port}},{protocol}://localhost:{tls_port}"),
+                format!("PLAINTEXT://127.0.0.1:{{port}},{}", advertised.join(",")),
             ),
             (
                 "listener.security.protocol.map",
-                format!("CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,{protocol}:{protocol}"),
+                format!("CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,{}", map.join(",")),
             ),
             // Kafka reads PEM in its properties; an unencrypted key only inline, not from a file.
             ("ssl.keystore.type", "PEM".to_owned()),
@@ -161,35 +192,88 @@ impl TlsBroker {
             ("ssl.keystore.key", pem("server.key")),
             ("ssl.truststore.type", "PEM".to_owned()),
             ("ssl.truststore.certificates", pem("ca.pem")),
+            (
+                "sasl.enabled.mechanisms",
+                "SCRAM-SHA-256,SCRAM-SHA-512".to_owned(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        if protocol == "SASL_SSL" {
-            properties.insert(
-                "sasl.enabled.mechanisms".into(),
-                "SCRAM-SHA-256,SCRAM-SHA-512".into(),
-            );
-            for mechanism in ["scram-sha-256", "scram-sha-512"] {
-                properties.insert(
-                    format!("listener.name.sasl_ssl.{mechanism}.sasl.jaas.config"),
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
-                );
+        for (name, protocol) in listeners {
+            if protocol.starts_with("SASL_") {
+                for mechanism in ["scram-sha-256", "scram-sha-512"] {
+                    properties.insert(
+                        format!(
+                            "listener.name.{}.{mechanism}.sasl.jaas.config",
+                            name.to_ascii_lowercase()
+                        ),
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+                    );
+                }
             }
         }
         properties.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let cluster = KafkaCluster::start(ClusterOptions {
             properties,
+            heap: "384m".into(),
             ..ClusterOptions::default()
         })
         .unwrap_or_else(|e| panic!("cannot start Apache Kafka with TLS: {e:#}"));
-        harness::wait_for_port(tls_port, "kafka's TLS listener", || None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        for port in &ports {
+            harness::wait_for_port(*port, "kafka's TLS listener", || None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let addresses: BTreeMap<String, String> = listeners
+            .iter()
+            .zip(&ports)
+            .map(|((name, _), port)| (name.to_string(), format!("localhost:{port}")))
+            .collect();
         TlsBroker {
-            address: format!("localhost:{tls_port}"),
+            address: addresses[listeners[0].0].clone(),
+            addresses,
             cluster,
         }
     }
+
+    /// `localhost:<port>` of the listener `name`.
+    pub fn address_of(&self, name: &str) -> &str {
+        self.addresses
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// Creates `topics` (name, partitions) over the PLAINTEXT listener.
+    pub async fn create_topics(&self, topics: &[(&str, i32)]) {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", self.cluster.bootstrap());
+        super::create_topics_with(&client, topics).await;
+    }
+}
+
+/// Certificates and a broker that the tests of one process share, made by the first call; the
+/// broker is stopped and the certificates removed once the process is gone (statics are never
+/// dropped).
+pub struct SharedTls {
+    pub certs: Certs,
+    pub broker: TlsBroker,
+}
+
+pub fn shared(listeners: &[(&str, &str)], extra: &[(&str, &str)]) -> &'static SharedTls {
+    static SHARED: OnceLock<SharedTls> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let certs = Certs::make();
+        harness::spawn_watchdog(
+            "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; rm -rf \"$2\"",
+            &[
+                std::process::id().to_string(),
+                certs.dir.path().display().to_string(),
+            ],
+        )
+        .expect("start a watchdog");
+        let broker = TlsBroker::start_listeners(&certs, listeners, extra);
+        SharedTls { certs, broker }
+    })
 }
 
 /// librdkafka settings for a test client of a TLS broker, trusting `ca`.
