@@ -1,0 +1,2 @@
+DROP TABLE system_metrics_pending;
+DROP TABLE system_metrics_minutes;
