@@ -1,0 +1,153 @@
+//! The per-minute summaries of `system_metrics` through the service: metrics go through a
+//! real broker into a fresh PostgreSQL database, and the summaries and pending ranges are
+//! compared in SQL with a GROUP BY over the raw samples. These run on plain PostgreSQL; on a
+//! TimescaleDB hypertable (where preloaded) the writer's own logging is the same code path,
+//! and the statement triggers of the plain table are not there.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+struct Setup {
+    topic: String,
+    group: String,
+    db: TestDatabase,
+}
+
+async fn setup() -> Setup {
+    let topic = unique("metrics");
+    create_topic(&topic).await;
+    Setup {
+        group: unique("group"),
+        topic,
+        db: TestDatabase::create().await,
+    }
+}
+
+impl Setup {
+    fn env(&self) -> std::collections::HashMap<String, String> {
+        service_env(&self.topic, &self.group, &self.db)
+    }
+}
+
+/// The summaries a GROUP BY over the raw samples makes, written independently of the
+/// service's own statement: right-closed minutes of sample times floored to milliseconds.
+const RAW_MINUTES: &str = "
+    SELECT service, pod_name, namespace, node_name,
+           (ceil(floor(extract(epoch FROM time) * 1000) / 60000) * 60000)::int8 AS minute_ms,
+           count(*)::int4 AS samples,
+           min(floor(extract(epoch FROM time) * 1000))::int8 AS first_ms,
+           max(floor(extract(epoch FROM time) * 1000))::int8 AS last_ms,
+           (array_agg(cpu ORDER BY time))[1] AS cpu_first,
+           (array_agg(cpu ORDER BY time DESC))[1] AS cpu_last,
+           min(cpu) AS cpu_min, max(cpu) AS cpu_max, sum(cpu) AS cpu_sum,
+           (array_agg(memory ORDER BY time))[1] AS memory_first,
+           (array_agg(memory ORDER BY time DESC))[1] AS memory_last,
+           min(memory) AS memory_min, max(memory) AS memory_max, sum(memory) AS memory_sum
+    FROM system_metrics
+    GROUP BY 1, 2, 3, 4, 5";
+
+/// Counts the minutes a reader would get wrong: not touched by a pending range, and with a
+/// summary that differs from the raw samples (or exists on one side only). Every column is
+/// compared exactly but the sums, which may differ in rounding by the order of addition.
+fn wrong_minutes_sql() -> String {
+    format!(
+        "WITH raw AS ({RAW_MINUTES}),
+         pending AS (
+             SELECT (ceil(from_ms / 60000.0) * 60000)::int8 AS first_minute,
+                    (ceil(to_ms / 60000.0) * 60000)::int8 AS last_minute
+             FROM system_metrics_pending)
+         SELECT count(*) FROM raw r FULL JOIN system_metrics_minutes s
+             ON (r.service, r.pod_name, r.namespace, r.node_name, r.minute_ms)
+              = (s.service, s.pod_name, s.namespace, s.node_name, s.minute_ms)
+         WHERE NOT EXISTS (SELECT 1 FROM pending p
+                           WHERE coalesce(r.minute_ms, s.minute_ms)
+                                 BETWEEN p.first_minute AND p.last_minute)
+           AND (r.minute_ms IS NULL OR s.minute_ms IS NULL
+                OR (r.samples, r.first_ms, r.last_ms, r.cpu_first, r.cpu_last, r.cpu_min,
+                    r.cpu_max, r.memory_first, r.memory_last, r.memory_min, r.memory_max)
+                   IS DISTINCT FROM
+                   (s.samples, s.first_ms, s.last_ms, s.cpu_first, s.cpu_last, s.cpu_min,
+                    s.cpu_max, s.memory_first, s.memory_last, s.memory_min, s.memory_max)
+                OR abs(r.cpu_sum - s.cpu_sum) > 1e-9 * abs(r.cpu_sum)
+                OR abs(r.memory_sum - s.memory_sum) > 1e-9 * abs(r.memory_sum))"
+    )
+}
+
+/// The wrong minutes as one snapshot of the database sees them.
+async fn wrong_minutes(db: &TestDatabase) -> i64 {
+    let mut client = db.client().await;
+    let transaction = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .expect("begin");
+    let wrong = transaction
+        .query_one(&wrong_minutes_sql(), &[])
+        .await
+        .expect("compare summaries with raw samples")
+        .get(0);
+    transaction.commit().await.expect("commit");
+    wrong
+}
+
+/// Metrics of `pods` pods every `step_ms` from `from_ms` to `to_ms`, with values that differ
+/// per sample, spread over the partitions.
+fn metrics(pods: usize, from_ms: i64, to_ms: i64, step_ms: i64) -> Vec<(i32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut time = from_ms;
+    let mut n = 0u64;
+    while time <= to_ms {
+        for pod in 0..pods {
+            n += 1;
+            let cpu = (n * 7919 % 10_000) as f64 / 100.0 + 0.125;
+            let memory = (n * 104_729 % 1_000_000) as f64 / 7.0;
+            out.push((
+                (pod as i32) % PARTITIONS,
+                guide_message(&format!("pod-{pod}"), cpu, memory, time),
+            ));
+        }
+        time += step_ms;
+    }
+    out
+}
+
+async fn send(topic: &str, payloads: &[(i32, Vec<u8>)]) {
+    produce_all(&producer(), topic, payloads, Duration::from_secs(30)).await;
+}
+
+async fn wait_for_rows(db: &TestDatabase, expected: i64) {
+    let stored = wait_for_count(db, "SELECT count(*) FROM system_metrics", expected).await;
+    assert_eq!(stored, expected, "every metric stored");
+}
+
+#[tokio::test]
+async fn every_batch_makes_its_minutes_pending_in_its_own_transaction() {
+    let s = setup().await;
+    let _app = TestApp::spawn_consuming(s.env());
+    let now = now_ms();
+    // Whole minutes and their edges: a sample on a whole minute belongs to the minute it
+    // ends.
+    let start = (now / 60_000 - 5) * 60_000;
+    let payloads = metrics(4, start, start + 4 * 60_000, 15_000);
+    send(&s.topic, &payloads).await;
+    wait_for_rows(&s.db, payloads.len() as i64).await;
+
+    assert_eq!(
+        wrong_minutes(&s.db).await,
+        0,
+        "every stored minute is pending"
+    );
+    let uncovered =
+        s.db.count(
+            "SELECT count(*) FROM system_metrics m WHERE NOT EXISTS (
+                 SELECT 1 FROM system_metrics_pending p
+                 WHERE floor(extract(epoch FROM m.time) * 1000) BETWEEN p.from_ms AND p.to_ms)",
+        )
+        .await;
+    assert_eq!(uncovered, 0, "every sample time lies in a pending range");
+}
