@@ -104,7 +104,7 @@ fn metrics(pods: usize, from_ms: i64, to_ms: i64, step_ms: i64) -> Vec<(i32, Vec
     while time <= to_ms {
         for pod in 0..pods {
             n += 1;
-            let cpu = (n * 7919 % 10_000) as f64 / 100.0 + 0.125;
+            let cpu = (n * 7919 % 9_900) as f64 / 100.0 + 0.125;
             let memory = (n * 104_729 % 1_000_000) as f64 / 7.0;
             out.push((
                 (pod as i32) % PARTITIONS,
@@ -125,6 +125,47 @@ async fn wait_for_rows(db: &TestDatabase, expected: i64) {
     assert_eq!(stored, expected, "every metric stored");
 }
 
+/// Waits until no range is pending (the summarizer has run over everything), checking at
+/// each look that no minute outside the pending ranges is wrong; answers how many looks.
+async fn wait_until_summarised(db: &TestDatabase) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        assert_eq!(
+            wrong_minutes(db).await,
+            0,
+            "a minute outside the pending ranges differs from its raw samples"
+        );
+        if db
+            .count("SELECT count(*) FROM system_metrics_pending")
+            .await
+            == 0
+        {
+            return looks;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ranges still pending after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Summary rows, and the samples they count.
+async fn summarised(db: &TestDatabase) -> (i64, i64) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), coalesce(sum(samples), 0)::int8 FROM system_metrics_minutes",
+            &[],
+        )
+        .await
+        .expect("count summaries");
+    (row.get(0), row.get(1))
+}
+
 #[tokio::test]
 async fn every_batch_makes_its_minutes_pending_in_its_own_transaction() {
     let s = setup().await;
@@ -142,12 +183,81 @@ async fn every_batch_makes_its_minutes_pending_in_its_own_transaction() {
         0,
         "every stored minute is pending"
     );
-    let uncovered =
-        s.db.count(
-            "SELECT count(*) FROM system_metrics m WHERE NOT EXISTS (
-                 SELECT 1 FROM system_metrics_pending p
-                 WHERE floor(extract(epoch FROM m.time) * 1000) BETWEEN p.from_ms AND p.to_ms)",
-        )
-        .await;
-    assert_eq!(uncovered, 0, "every sample time lies in a pending range");
+}
+
+#[tokio::test]
+async fn summaries_equal_a_group_by_over_the_raw_samples_once_summarised() {
+    let s = setup().await;
+    let _app = TestApp::spawn_consuming(s.env());
+    let now = now_ms();
+    // More minutes than a pass takes: the pending ranges are split.
+    let start = (now / 60_000 - 100) * 60_000;
+    // Samples on whole minutes, just after them, and a few milliseconds apart.
+    let mut payloads = metrics(5, start, start + 95 * 60_000, 20_000);
+    payloads.extend(metrics(2, start + 1, start + 3 * 60_000 + 1, 7_001));
+    send(&s.topic, &payloads).await;
+    wait_for_rows(&s.db, payloads.len() as i64).await;
+
+    wait_until_summarised(&s.db).await;
+    assert_eq!(wrong_minutes(&s.db).await, 0);
+    let (rows, samples) = summarised(&s.db).await;
+    assert!(rows > 5 * 95, "summaries made: {rows}");
+    assert_eq!(samples, payloads.len() as i64, "every sample counted once");
+}
+
+#[tokio::test]
+async fn late_metrics_make_summarised_minutes_pending_then_exact_again() {
+    let s = setup().await;
+    let _app = TestApp::spawn_consuming(s.env());
+    let start = (now_ms() / 60_000 - 20) * 60_000;
+    let first = metrics(3, start, start + 10 * 60_000, 20_000);
+    send(&s.topic, &first).await;
+    wait_for_rows(&s.db, first.len() as i64).await;
+    wait_until_summarised(&s.db).await;
+    let (_, before) = summarised(&s.db).await;
+    assert_eq!(before, first.len() as i64);
+
+    // Late: between the samples already summarised, in minutes long summarised, with a new
+    // smallest and largest value, and for a pod not seen before.
+    let mut late = metrics(3, start + 5_000, start + 10 * 60_000, 60_000);
+    late.push((0, guide_message("pod-0", 0.0, 1e9, start + 30_000)));
+    late.push((1, guide_message("late-pod", 42.0, 7.0, start + 90_000)));
+    send(&s.topic, &late).await;
+    let total = (first.len() + late.len()) as i64;
+    wait_for_rows(&s.db, total).await;
+    let looks = wait_until_summarised(&s.db).await;
+    let (_, after) = summarised(&s.db).await;
+    assert_eq!(after, total, "the late samples are in the summaries");
+    assert_eq!(wrong_minutes(&s.db).await, 0);
+    assert!(looks > 0);
+}
+
+#[tokio::test]
+async fn two_instances_keep_the_same_summaries_exact() {
+    let s = setup().await;
+    let one = TestApp::spawn_consuming(s.env());
+    let two = TestApp::spawn_consuming(s.env());
+    let start = (now_ms() / 60_000 - 30) * 60_000;
+    let mut sent = 0;
+    // Several rounds, each both early and late, so that both instances write and summarise
+    // the same minutes over and over.
+    for round in 0..4 {
+        let payloads = metrics(6, start + round * 1_000, start + 25 * 60_000, 30_000);
+        sent += payloads.len() as i64;
+        send(&s.topic, &payloads).await;
+        wait_for_rows(&s.db, sent).await;
+    }
+    wait_until_summarised(&s.db).await;
+    let (_, samples) = summarised(&s.db).await;
+    assert_eq!(samples, sent);
+    for app in [&one, &two] {
+        let status = app.status().await;
+        assert!(
+            status["summaries"]["passes"].as_u64().unwrap_or(0)
+                + status["summaries"]["skipped"].as_u64().unwrap_or(0)
+                > 0,
+            "{:#}",
+            status["summaries"]
+        );
+    }
 }

@@ -8,5 +8,6 @@
 pub mod batch_writer;
 pub mod kafka_consumer;
 pub mod messages;
+pub mod summarizer;
 pub mod validator;
 pub mod writers;
