@@ -188,7 +188,7 @@ async fn every_batch_makes_its_minutes_pending_in_its_own_transaction() {
 #[tokio::test]
 async fn summaries_equal_a_group_by_over_the_raw_samples_once_summarised() {
     let s = setup().await;
-    let _app = TestApp::spawn_consuming(s.env());
+    let app = TestApp::spawn_consuming(s.env());
     let now = now_ms();
     // More minutes than a pass takes: the pending ranges are split.
     let start = (now / 60_000 - 100) * 60_000;
@@ -203,6 +203,15 @@ async fn summaries_equal_a_group_by_over_the_raw_samples_once_summarised() {
     let (rows, samples) = summarised(&s.db).await;
     assert!(rows > 5 * 95, "summaries made: {rows}");
     assert_eq!(samples, payloads.len() as i64, "every sample counted once");
+    let status = app
+        .wait_for_status("the summarizer's report", |s| {
+            s["summaries"]["pending_ranges"] == 0 && s["summaries"]["last_pass"].is_object()
+        })
+        .await;
+    let summaries = &status["summaries"];
+    assert!(summaries["passes"].as_u64() > Some(0), "{summaries}");
+    assert!(summaries["error"].is_null(), "{summaries}");
+    assert!(summaries["oldest_pending"].is_null(), "{summaries}");
 }
 
 #[tokio::test]
