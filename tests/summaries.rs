@@ -270,3 +270,72 @@ async fn two_instances_keep_the_same_summaries_exact() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_persons_delete_update_or_truncate_keeps_the_summaries_exact() {
+    let s = setup().await;
+    let _app = TestApp::spawn_consuming(s.env());
+    let start = (now_ms() / 60_000 - 20) * 60_000;
+    let payloads = metrics(4, start, start + 15 * 60_000, 10_000);
+    send(&s.topic, &payloads).await;
+    wait_for_rows(&s.db, payloads.len() as i64).await;
+    wait_until_summarised(&s.db).await;
+    let client = s.db.client().await;
+    let since = |ms: i64| format!("to_timestamp({}::float8 / 1000)", ms);
+
+    let deleted = client
+        .execute(
+            &format!(
+                "DELETE FROM system_metrics WHERE pod_name = 'pod-1' AND time < {}",
+                since(start + 4 * 60_000 + 500)
+            ),
+            &[],
+        )
+        .await
+        .expect("delete");
+    assert!(deleted > 0);
+    assert_eq!(
+        wrong_minutes(&s.db).await,
+        0,
+        "the deleted minutes are pending"
+    );
+    wait_until_summarised(&s.db).await;
+    let (_, samples) = summarised(&s.db).await;
+    assert_eq!(samples, payloads.len() as i64 - deleted as i64);
+
+    // Moved to other minutes and changed: both the old and the new minutes are pending.
+    let updated = client
+        .execute(
+            &format!(
+                "UPDATE system_metrics SET cpu = cpu / 2, time = time + INTERVAL '7 minutes 1 millisecond'
+                 WHERE pod_name = 'pod-2' AND time < {}",
+                since(start + 3 * 60_000)
+            ),
+            &[],
+        )
+        .await
+        .expect("update");
+    assert!(updated > 0);
+    assert_eq!(
+        wrong_minutes(&s.db).await,
+        0,
+        "the updated minutes are pending"
+    );
+    wait_until_summarised(&s.db).await;
+    assert_eq!(wrong_minutes(&s.db).await, 0);
+
+    client
+        .batch_execute("TRUNCATE system_metrics")
+        .await
+        .expect("truncate");
+    assert_eq!(
+        summarised(&s.db).await,
+        (0, 0),
+        "no summary outlives the table"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM system_metrics_pending")
+            .await,
+        0
+    );
+}

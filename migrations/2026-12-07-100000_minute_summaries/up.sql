@@ -47,3 +47,53 @@ SELECT floor(extract(epoch FROM min(time)) * 1000)::int8,
        floor(extract(epoch FROM max(time)) * 1000)::int8
 FROM system_metrics
 HAVING count(*) > 0;
+
+-- Changes made by others than the service: a DELETE or UPDATE of samples (by a person, a
+-- cleanup job) makes the old and new sample times pending in its own transaction; a TRUNCATE
+-- empties the summaries and the pending ranges with the table. Statement triggers with
+-- transition tables, so a statement adds at most two ranges whatever it changes. TimescaleDB
+-- refuses transition tables on a hypertable: the service drops these two triggers before it
+-- converts the table (src/db/timescale.rs), and there the writer's own ranges and the
+-- summarizer's cleanup of summaries older than the oldest raw sample remain. The service's
+-- own INSERTs log their ranges themselves; INSERTs made behind its back do not (README,
+-- Storage).
+CREATE FUNCTION system_metrics_log_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        INSERT INTO system_metrics_pending (from_ms, to_ms)
+        SELECT floor(extract(epoch FROM min(time)) * 1000)::int8,
+               floor(extract(epoch FROM max(time)) * 1000)::int8
+        FROM old_rows HAVING count(*) > 0;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO system_metrics_pending (from_ms, to_ms)
+        SELECT floor(extract(epoch FROM min(time)) * 1000)::int8,
+               floor(extract(epoch FROM max(time)) * 1000)::int8
+        FROM new_rows HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A hypertable (made by the first migration) refuses them: it goes without.
+DO $$
+BEGIN
+    CREATE TRIGGER system_metrics_deleted AFTER DELETE ON system_metrics
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION system_metrics_log_changed();
+    CREATE TRIGGER system_metrics_updated AFTER UPDATE ON system_metrics
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION system_metrics_log_changed();
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'system_metrics is a hypertable: no triggers for changes made by others: %', SQLERRM;
+END
+$$;
+
+CREATE FUNCTION system_metrics_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM system_metrics_minutes;
+    DELETE FROM system_metrics_pending;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER system_metrics_truncated AFTER TRUNCATE ON system_metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION system_metrics_truncated();

@@ -29,6 +29,11 @@ pub fn time_range(rows: &[impl AsMetric]) -> Option<(i64, i64)> {
         })
 }
 
+/// Drops the triggers of the plain table that a TimescaleDB hypertable refuses (transition
+/// tables), before the table is converted; see the migration.
+pub const DROP_REFUSED_TRIGGERS: &str = "DROP TRIGGER IF EXISTS system_metrics_deleted ON system_metrics; \
+     DROP TRIGGER IF EXISTS system_metrics_updated ON system_metrics";
+
 /// How many minutes one pass recomputes at most, so that a pass is bounded in time and
 /// memory whatever is pending (a day of rows loaded by hand is 24 passes).
 pub const SLICE_MINUTES: i64 = 60;

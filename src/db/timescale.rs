@@ -9,7 +9,7 @@
 use tokio_postgres::Client;
 
 use crate::config::PolicyAge;
-use crate::db::DbError;
+use crate::db::{DbError, summaries};
 
 /// Name of the continuous aggregate.
 pub const AGGREGATE: &str = "system_metrics_1m";
@@ -125,17 +125,23 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
     if !empty {
         log::warn!(
             "system_metrics is a plain PostgreSQL table holding rows although TimescaleDB is now available; it stays plain. \
-             To convert it, which rewrites every row and locks the table meanwhile, run: {CONVERT_STATEMENT};"
+             To convert it, which rewrites every row and locks the table meanwhile, run: {}; {CONVERT_STATEMENT};",
+            summaries::DROP_REFUSED_TRIGGERS
         );
         return Ok(());
     }
-    match client
-        .batch_execute(
-            "SELECT create_hypertable('system_metrics', 'time', \
-             chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)",
-        )
-        .await
-    {
+    // A hypertable refuses the summaries' transition-table triggers: they go in the same
+    // transaction, so that a failed conversion leaves the plain table with them.
+    let convert = format!(
+        "BEGIN; {}; SELECT create_hypertable('system_metrics', 'time', \
+         chunk_time_interval => INTERVAL '1 day', create_default_indexes => false); COMMIT",
+        summaries::DROP_REFUSED_TRIGGERS
+    );
+    let converted = client.batch_execute(&convert).await;
+    if converted.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    match converted {
         Ok(()) => log::info!(
             "system_metrics converted to a TimescaleDB hypertable (it was an empty plain table)"
         ),
