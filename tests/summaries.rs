@@ -1,8 +1,8 @@
 //! The per-minute summaries of `system_metrics` through the service: metrics go through a
 //! real broker into a fresh PostgreSQL database, and the summaries and pending ranges are
-//! compared in SQL with a GROUP BY over the raw samples. These run on plain PostgreSQL; on a
-//! TimescaleDB hypertable (where preloaded) the writer's own logging is the same code path,
-//! and the statement triggers of the plain table are not there.
+//! compared in SQL with a GROUP BY over the raw samples. They run on whatever server
+//! `TEST_DATABASE_URL` names: a plain table on PostgreSQL, a hypertable where TimescaleDB is
+//! preloaded (2.26 keeps the statement triggers there too).
 
 mod common;
 

@@ -52,9 +52,11 @@ HAVING count(*) > 0;
 -- cleanup job) makes the old and new sample times pending in its own transaction; a TRUNCATE
 -- empties the summaries and the pending ranges with the table. Statement triggers with
 -- transition tables, so a statement adds at most two ranges whatever it changes. TimescaleDB
--- refuses transition tables on a hypertable: the service drops these two triggers before it
--- converts the table (src/db/timescale.rs), and there the writer's own ranges and the
--- summarizer's cleanup of summaries older than the oldest raw sample remain. The service's
+-- 2.26 takes them on a hypertable; older versions refuse transition tables there: the
+-- migration then goes without, the service drops them where a conversion is refused
+-- (src/db/timescale.rs), and the writer's own ranges and the summarizer's cleanup of
+-- summaries older than the oldest raw sample remain. Retention drops chunks without firing
+-- any trigger, whatever the version. The service's
 -- own INSERTs log their ranges themselves; INSERTs made behind its back do not (README,
 -- Storage).
 CREATE FUNCTION system_metrics_log_changed() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -29,8 +29,8 @@ pub fn time_range(rows: &[impl AsMetric]) -> Option<(i64, i64)> {
         })
 }
 
-/// Drops the triggers of the plain table that a TimescaleDB hypertable refuses (transition
-/// tables), before the table is converted; see the migration.
+/// Drops the triggers of the plain table that older TimescaleDB versions refuse on a hypertable
+/// (transition tables), where it refuses to convert the table; see the migration.
 pub const DROP_REFUSED_TRIGGERS: &str = "DROP TRIGGER IF EXISTS system_metrics_deleted ON system_metrics; \
      DROP TRIGGER IF EXISTS system_metrics_updated ON system_metrics";
 
