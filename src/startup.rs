@@ -19,6 +19,7 @@ use crate::actors::kafka_consumer::{
     self, ConsumerEvents, ConsumerOutput, KafkaConsumer, MetricsConsumer,
 };
 use crate::actors::messages::Stop;
+use crate::actors::summarizer;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
 use crate::backoff::Backoff;
@@ -247,6 +248,12 @@ async fn start_pipeline(
         let thread = Arbiter::new();
         writer.start_in(&thread.handle(), actor);
     }
+    // Off the write path, on a connection of its own.
+    summarizer::start(
+        settings.database.url.clone(),
+        db::Timeouts::from(&settings.database),
+        stats.clone(),
+    );
     let validator = Validator::new(
         &settings.validator,
         max_age_ms,

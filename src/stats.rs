@@ -60,6 +60,34 @@ pub struct FlushReport {
     pub trigger: Trigger,
 }
 
+/// What the summarizer knows of the per-minute summaries, as of its last pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SummaryReport {
+    /// Sample-time ranges changed and not yet summarised again.
+    pub pending_ranges: Option<i64>,
+    /// The oldest sample time they hold: minutes from there on may be read from raw samples.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    pub last_pass: Option<PassReport>,
+    pub passes: u64,
+    /// Periods skipped because the writers were behind.
+    pub deferred: u64,
+    /// Periods skipped because another instance held the summarizer's lock.
+    pub skipped: u64,
+    /// Why the last pass failed, cleared by the next one that succeeds.
+    pub error: Option<String>,
+}
+
+/// What the summarizer's last pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    pub at: DateTime<Utc>,
+    pub duration_ms: f64,
+    /// Minutes recomputed from raw samples.
+    pub minutes: u64,
+    /// Summary rows written: one per series and minute holding samples.
+    pub rows: u64,
+}
+
 /// What one writer connection does; [`Stats`] holds the sums over all of them.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
@@ -200,6 +228,8 @@ pub struct Stats {
     /// The oldest a metric may be, in milliseconds before now, where a retention job would
     /// delete anything older (TimescaleDB only); `None`: any past is accepted.
     pub max_age_ms: Mutex<Option<i64>>,
+    /// What the summarizer of the per-minute summaries did last.
+    pub summaries: Mutex<SummaryReport>,
     /// Per-second samples of the actors' record counters, for rates.
     rates: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }

@@ -9,5 +9,6 @@
 pub(crate) mod batch_writer;
 pub(crate) mod kafka_consumer;
 pub(crate) mod messages;
+pub(crate) mod summarizer;
 pub(crate) mod validator;
 pub(crate) mod writers;

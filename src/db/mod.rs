@@ -20,6 +20,7 @@ mod migrate;
 mod offsets;
 pub mod queries;
 mod storage;
+pub(crate) mod summaries;
 pub(crate) mod timescale;
 pub(crate) mod tls;
 
@@ -100,6 +101,8 @@ pub struct Writer {
     staging_copy: Statement,
     merge: Statement,
     advance: Statement,
+    /// Adds a batch's time range to the pending ranges of the minute summaries.
+    log_pending: Statement,
     /// The server's session behind this connection, so that a later connection can end it.
     session: Session,
     timeouts: Timeouts,
@@ -148,6 +151,7 @@ impl Writer {
             staging_copy: prepare(COPY_STATEMENT).await?,
             merge: prepare(MERGE_STATEMENT).await?,
             advance: prepare(ADVANCE_STATEMENT).await?,
+            log_pending: prepare(summaries::LOG_PENDING).await?,
             session: Session {
                 pid: session.get(0),
                 started: session.get(1),
@@ -292,20 +296,36 @@ impl Writer {
                     .await?;
             }
         }
+        // The minutes of the rows stored are pending from this same transaction on, so a
+        // reader never takes their summaries for exact once it commits. The range goes with
+        // the offset moves, pipelined: no round trip of its own.
+        let pending = (inserted > 0)
+            .then(|| summaries::time_range(rows))
+            .flatten();
+        let log_pending = async {
+            match &pending {
+                Some((from, to)) => client.execute(&self.log_pending, &[from, to]).await,
+                None => Ok(0),
+            }
+        };
         if advances.is_empty() {
+            self.round_trip("the pending range", log_pending).await?;
             return Ok(WriteOutcome::Stored { inserted });
         }
         let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
         let expected: Vec<Option<i64>> = advances.iter().map(|a| a.expected).collect();
         let next: Vec<i64> = advances.iter().map(|a| a.next).collect();
+        let moves: [&(dyn ToSql + Sync); 5] =
+            [&scope.group, &scope.topic, &partitions, &expected, &next];
+        let advance = client.query(&self.advance, &moves);
+        let both = async {
+            let (moved, logged) = futures_util::join!(advance, log_pending);
+            let moved = moved?;
+            logged?;
+            Ok::<_, tokio_postgres::Error>(moved)
+        };
         let moved: Vec<i32> = self
-            .round_trip(
-                "the offset update",
-                client.query(
-                    &self.advance,
-                    &[&scope.group, &scope.topic, &partitions, &expected, &next],
-                ),
-            )
+            .round_trip("the offset update", both)
             .await?
             .iter()
             .map(|row| row.get(0))

@@ -7,9 +7,10 @@
 //! on plain PostgreSQL needs a `DO` block, which is one; and because the ages are settings.
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::config::PolicyAge;
-use crate::db::DbError;
+use crate::db::{DbError, summaries};
 
 /// Name of the continuous aggregate.
 pub(crate) const AGGREGATE: &str = "system_metrics_1m";
@@ -125,17 +126,32 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
     if !empty {
         log::warn!(
             "system_metrics is a plain PostgreSQL table holding rows although TimescaleDB is now available; it stays plain. \
-             To convert it, which rewrites every row and locks the table meanwhile, run: {CONVERT_STATEMENT};"
+             To convert it, which rewrites every row and locks the table meanwhile, run: {CONVERT_STATEMENT}; \
+             (older TimescaleDB versions refuse it while the table has transition-table triggers: first run {})",
+            summaries::DROP_REFUSED_TRIGGERS
         );
         return Ok(());
     }
-    match client
-        .batch_execute(
-            "SELECT create_hypertable('system_metrics', 'time', \
-             chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)",
-        )
-        .await
-    {
+    let convert = "SELECT create_hypertable('system_metrics', 'time', \
+         chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)";
+    let converted = match client.batch_execute(convert).await {
+        // Older TimescaleDB versions refuse a table with the summaries' transition-table
+        // triggers: they go, in the same transaction, so that a failed conversion leaves the
+        // plain table with them.
+        Err(e) if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
+            let again = format!(
+                "BEGIN; {}; {convert}; COMMIT",
+                summaries::DROP_REFUSED_TRIGGERS
+            );
+            let converted = client.batch_execute(&again).await;
+            if converted.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            converted
+        }
+        other => other,
+    };
+    match converted {
         Ok(()) => log::info!(
             "system_metrics converted to a TimescaleDB hypertable (it was an empty plain table)"
         ),

@@ -242,6 +242,7 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
                 "last_flush": c.last_flush.lock().ok().and_then(|f| f.clone()),
             })).collect::<Vec<_>>(),
         },
+        "summaries": stats.summaries.lock().map(|r| r.clone()).unwrap_or_default(),
         "database": {
             "connected": stats.database_connected.load(Ordering::Relaxed),
             "error": stats.database_error(),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use actix_web::{HttpResponse, web};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
-use crate::stats::{ActorStats, ConnectionStats, PartitionReport, Stats};
+use crate::stats::{ActorStats, ConnectionStats, PartitionReport, Stats, SummaryReport};
 
 /// How Prometheus is told to read a family.
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +230,84 @@ const FAMILIES: &[Family] = &[
         labels: &[],
         read: |s| single(flag(s.database_connected.load(Ordering::Relaxed))),
     },
+    Family {
+        name: "summaries_pending_ranges",
+        help: "Sample-time ranges changed and not yet summarised again, as of the last summary pass",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| summaries(s, |r| r.pending_ranges.map(|n| n as f64)),
+    },
+    Family {
+        name: "summaries_oldest_pending_timestamp_seconds",
+        help: "Oldest sample time of the pending ranges, as of the last summary pass",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| {
+            summaries(s, |r| {
+                r.oldest_pending
+                    .map(|at| at.timestamp_millis() as f64 / 1000.0)
+            })
+        },
+    },
+    Family {
+        name: "summaries_last_pass_duration_seconds",
+        help: "Duration of the last summary pass",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| {
+            summaries(s, |r| {
+                Some(r.last_pass.as_ref().map_or(0.0, |p| p.duration_ms / 1000.0))
+            })
+        },
+    },
+    Family {
+        name: "summaries_last_pass_minutes",
+        help: "Minutes the last summary pass recomputed from raw samples",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| {
+            summaries(s, |r| {
+                Some(r.last_pass.as_ref().map_or(0, |p| p.minutes) as f64)
+            })
+        },
+    },
+    Family {
+        name: "summaries_passes_total",
+        help: "Summary passes done",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| summaries(s, |r| Some(r.passes as f64)),
+    },
+    Family {
+        name: "summaries_deferred_total",
+        help: "Summary passes deferred because the writers were behind",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| summaries(s, |r| Some(r.deferred as f64)),
+    },
+    Family {
+        name: "summaries_skipped_total",
+        help: "Summary passes skipped because another instance held the lock",
+        kind: Kind::Counter,
+        labels: &[],
+        read: |s| summaries(s, |r| Some(r.skipped as f64)),
+    },
+    Family {
+        name: "summaries_up",
+        help: "0 while summary passes fail",
+        kind: Kind::Gauge,
+        labels: &[],
+        read: |s| summaries(s, |r| Some(flag(r.error.is_none()))),
+    },
 ];
+
+/// One unlabelled sample of the summarizer's report, or none where it has no such figure.
+fn summaries(stats: &Stats, read: fn(&SummaryReport) -> Option<f64>) -> Vec<Sample> {
+    let Ok(report) = stats.summaries.lock() else {
+        return Vec::new();
+    };
+    read(&report).map(single).unwrap_or_default()
+}
 
 /// The actors, in the order of [`Stats::rates`].
 const ACTORS: [&str; 3] = ["consumer", "validator", "writer"];
@@ -318,7 +395,7 @@ pub(crate) async fn metrics(stats: web::Data<Arc<Stats>>) -> HttpResponse {
 mod tests {
     use super::*;
     use crate::domain::Reason;
-    use crate::stats::{FlushReport, PartitionReport, Trigger};
+    use crate::stats::{FlushReport, PartitionReport, PassReport, Trigger};
 
     /// Stats with every figure set, and some partitions knowing only part of theirs.
     fn populated() -> Stats {
@@ -373,6 +450,20 @@ mod tests {
             partitions.insert(1, estimated);
             partitions.insert(12, PartitionReport::default());
         }
+        *stats.summaries.lock().unwrap() = SummaryReport {
+            pending_ranges: Some(3),
+            oldest_pending: chrono::DateTime::from_timestamp_millis(1_796_000_000_500),
+            last_pass: Some(PassReport {
+                at: chrono::Utc::now(),
+                duration_ms: 250.0,
+                minutes: 2,
+                rows: 1000,
+            }),
+            passes: 9,
+            deferred: 1,
+            skipped: 4,
+            error: None,
+        };
         stats.consumer_paused.store(true, Ordering::Relaxed);
         stats.database_connected.store(true, Ordering::Relaxed);
         stats
@@ -398,7 +489,9 @@ mod tests {
             text.contains("\npanopticon_records_total{actor=\"writer\"} 0\n"),
             "{text}"
         );
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 16);
+        // The pending ranges are unknown before the first summary pass: left out too.
+        assert!(!text.contains("panopticon_summaries_pending"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
     }
 
     /// `/metrics` as it was rendered before its metrics became a table.
@@ -490,6 +583,30 @@ panopticon_rows_buffered 17
 # HELP panopticon_rows_written_total Rows committed to the database
 # TYPE panopticon_rows_written_total counter
 panopticon_rows_written_total 1190
+# HELP panopticon_summaries_deferred_total Summary passes deferred because the writers were behind
+# TYPE panopticon_summaries_deferred_total counter
+panopticon_summaries_deferred_total 1
+# HELP panopticon_summaries_last_pass_duration_seconds Duration of the last summary pass
+# TYPE panopticon_summaries_last_pass_duration_seconds gauge
+panopticon_summaries_last_pass_duration_seconds 0.25
+# HELP panopticon_summaries_last_pass_minutes Minutes the last summary pass recomputed from raw samples
+# TYPE panopticon_summaries_last_pass_minutes gauge
+panopticon_summaries_last_pass_minutes 2
+# HELP panopticon_summaries_oldest_pending_timestamp_seconds Oldest sample time of the pending ranges, as of the last summary pass
+# TYPE panopticon_summaries_oldest_pending_timestamp_seconds gauge
+panopticon_summaries_oldest_pending_timestamp_seconds 1796000000.5
+# HELP panopticon_summaries_passes_total Summary passes done
+# TYPE panopticon_summaries_passes_total counter
+panopticon_summaries_passes_total 9
+# HELP panopticon_summaries_pending_ranges Sample-time ranges changed and not yet summarised again, as of the last summary pass
+# TYPE panopticon_summaries_pending_ranges gauge
+panopticon_summaries_pending_ranges 3
+# HELP panopticon_summaries_skipped_total Summary passes skipped because another instance held the lock
+# TYPE panopticon_summaries_skipped_total counter
+panopticon_summaries_skipped_total 4
+# HELP panopticon_summaries_up 0 while summary passes fail
+# TYPE panopticon_summaries_up gauge
+panopticon_summaries_up 1
 # HELP panopticon_writer_connection_flushes_total Batches written, per writer connection
 # TYPE panopticon_writer_connection_flushes_total counter
 panopticon_writer_connection_flushes_total{connection="0"} 7
