@@ -19,7 +19,9 @@ use super::{
 };
 use crate::db::queries::DbPool;
 use crate::promql::Labels;
-use crate::promql::engine::summaries::{Answer, MINUTE_MS, Minutes, Part, Summary, minute_of};
+use crate::promql::engine::summaries::{
+    Answer, MINUTE_MS, Minutes, Need, Part, Summarised, Summary, minute_of,
+};
 
 /// The most separate pending ranges one read sends as conditions; more are merged.
 const MAX_RANGES: usize = 32;
@@ -33,6 +35,16 @@ pub(super) async fn read(
     budget: &Budget,
 ) -> Result<Vec<Answer>, PromError> {
     let reader = Reader::open(pool).await?;
+    let wide = members.iter().any(|&m| {
+        let s = &selections[m];
+        s.end_ms - s.start_ms >= SPLIT_MS
+    });
+    // A second connection for the older half of wide reads, in the same snapshot.
+    let second = if wide {
+        Reader::open_if_free(pool).await?
+    } else {
+        None
+    };
     reader
         .within(async {
             reader.set_timeout().await?;
@@ -41,18 +53,39 @@ pub(super) async fn read(
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(|e| database_error(&e))?;
+            if let Some(second) = &second {
+                let snapshot: String = client
+                    .query_one("SELECT pg_export_snapshot()", &[])
+                    .await
+                    .map_err(|e| database_error(&e))?
+                    .get(0);
+                second.set_timeout().await?;
+                second
+                    .client
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                        super::literal(&snapshot).ok_or_else(malformed)?
+                    ))
+                    .await
+                    .map_err(|e| database_error(&e))?;
+            }
+            let second = second.as_ref().map(|r| &r.client);
             let mut answers = Vec::with_capacity(members.len());
             for &member in members {
-                answers.push(read_one(client, selections, member, budget).await?);
+                answers.push(read_one(client, second, selections, member, budget).await?);
             }
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| database_error(&e))?;
+            for c in std::iter::once(client).chain(second) {
+                c.batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| database_error(&e))?;
+            }
             Ok(answers)
         })
         .await
 }
+
+/// Reads at least this wide are split between two connections.
+const SPLIT_MS: i64 = 6 * 3_600_000;
 
 /// The pending minutes within `(from, to]` of minute ends, as merged inclusive ranges of
 /// minute ends, at most [`MAX_RANGES`] of them.
@@ -117,6 +150,7 @@ struct Parts {
 
 async fn read_one(
     client: &tokio_postgres::Client,
+    second: Option<&tokio_postgres::Client>,
     selections: &[Selection],
     member: usize,
     budget: &Budget,
@@ -133,59 +167,41 @@ async fn read_one(
     }
     let conditions = pushed(&selection.matchers);
     let pending = pending(client, minutes.after_ms(), minutes.last).await?;
-    let mut series: Vec<Parts> = Vec::new();
-    let mut index: HashMap<[String; 4], usize> = HashMap::new();
-
-    // The summaries.
-    let mut sql_conditions = vec![
-        format!("minute_ms > {}", minutes.after_ms()),
-        format!("minute_ms <= {}", minutes.last),
-    ];
-    if !minutes.contiguous() {
-        sql_conditions.push(format!(
-            "(({} - minute_ms) % {step} + {step}) % {step} < {}",
-            minutes.first,
-            minutes.width,
-            step = minutes.step
-        ));
-    }
-    sql_conditions.extend(conditions.iter().cloned());
-    let mut columns = Vec::new();
-    for (metric, read) in Metric::ALL.iter().zip(metrics) {
-        for field in ["first", "last", "min", "max", "sum"] {
-            columns.push(if read {
-                format!("{}_{field}", metric.column())
-            } else {
-                "NULL::float8".into()
-            });
-        }
-    }
-    let sql = format!(
-        "COPY (SELECT minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms, {} \
-         FROM system_metrics_minutes WHERE {}) TO STDOUT (FORMAT binary)",
-        columns.join(", "),
-        sql_conditions.join(" AND ")
-    );
-    let stream = client
-        .copy_out(&sql)
-        .await
-        .map_err(|e| database_error(&e))?;
-    let mut rows = SummaryRows {
+    let copy = Copy {
         selection,
         metrics,
         minutes,
         pending: &pending,
         budget,
-        keys: HashMap::new(),
-        series: &mut series,
-        index: &mut index,
+        conditions: &conditions,
     };
-    let mut frames = Frames::new(17);
-    let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
-    while let Some(chunk) = stream.next().await {
-        frames.feed(&chunk?, &mut |data, spans| rows.row(data, spans))?;
-    }
-    frames.finish()?;
+    let (mut series, mut index) = match second {
+        Some(second) if minutes.last - minutes.after_ms() >= SPLIT_MS => {
+            let middle = minutes.after_ms()
+                + (minutes.last - minutes.after_ms()) / 2 / MINUTE_MS * MINUTE_MS;
+            let (older, newer) = futures_util::future::try_join(
+                copy.read(second, minutes.after_ms(), middle),
+                copy.read(client, middle, minutes.last),
+            )
+            .await?;
+            let (mut series, mut index) = older;
+            for newer in newer.0 {
+                match index.get(&newer.labels) {
+                    Some(&i) => {
+                        for m in 0..2 {
+                            series[i].parts[m].extend_from_slice(&newer.parts[m]);
+                        }
+                    }
+                    None => {
+                        index.insert(newer.labels.clone(), series.len());
+                        series.push(newer);
+                    }
+                }
+            }
+            (series, index)
+        }
+        _ => copy.read(client, minutes.after_ms(), minutes.last).await?,
+    };
 
     // The raw samples of the pending minutes.
     if !pending.is_empty() {
@@ -251,13 +267,98 @@ async fn read_one(
     Ok(Answer::from_parts(&selection.need, out))
 }
 
-/// Summary rows turned into parts as they arrive.
-struct SummaryRows<'a> {
+/// The summary fields a need reads of each metric.
+fn fields(need: &Need) -> &'static [&'static str] {
+    match need {
+        Need::Samples => &[],
+        Need::Latest { .. } => &["last"],
+        Need::Window { function, .. } => match function {
+            Summarised::Sum | Summarised::Avg => &["sum"],
+            Summarised::Min => &["min"],
+            Summarised::Max => &["max"],
+            Summarised::Last => &["last"],
+            Summarised::First => &["first"],
+            Summarised::Count | Summarised::Present => &[],
+        },
+    }
+}
+
+/// What one read of summaries needs to know.
+struct Copy<'a> {
     selection: &'a Selection,
     metrics: [bool; 2],
     minutes: Minutes,
     pending: &'a [(i64, i64)],
     budget: &'a Budget,
+    conditions: &'a [String],
+}
+
+type Series = (Vec<Parts>, HashMap<[String; 4], usize>);
+
+impl Copy<'_> {
+    /// Reads the summaries of the minutes in `(from, to]` (minute ends).
+    async fn read(
+        &self,
+        client: &tokio_postgres::Client,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Series, PromError> {
+        let minutes = self.minutes;
+        let mut sql_conditions = vec![
+            format!("minute_ms > {from_ms}"),
+            format!("minute_ms <= {to_ms}"),
+        ];
+        if !minutes.contiguous() {
+            sql_conditions.push(format!(
+                "(({} - minute_ms) % {step} + {step}) % {step} < {}",
+                minutes.first,
+                minutes.width,
+                step = minutes.step
+            ));
+        }
+        sql_conditions.extend(self.conditions.iter().cloned());
+        let fields = fields(&self.selection.need);
+        let mut columns = vec![
+            "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms".to_owned(),
+        ];
+        for (metric, read) in Metric::ALL.iter().zip(self.metrics) {
+            if read {
+                columns.extend(fields.iter().map(|f| format!("{}_{f}", metric.column())));
+            }
+        }
+        let sql = format!(
+            "COPY (SELECT {} FROM system_metrics_minutes WHERE {}) TO STDOUT (FORMAT binary)",
+            columns.join(", "),
+            sql_conditions.join(" AND ")
+        );
+        let stream = client
+            .copy_out(&sql)
+            .await
+            .map_err(|e| database_error(&e))?;
+        let mut series = Vec::new();
+        let mut index = HashMap::new();
+        let mut rows = SummaryRows {
+            copy: self,
+            fields,
+            keys: HashMap::new(),
+            series: &mut series,
+            index: &mut index,
+        };
+        let read = self.metrics.iter().filter(|m| **m).count();
+        let mut frames = Frames::new(7 + read * fields.len());
+        let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
+        while let Some(chunk) = stream.next().await {
+            frames.feed(&chunk?, &mut |data, spans| rows.row(data, spans))?;
+        }
+        frames.finish()?;
+        Ok((series, index))
+    }
+}
+
+/// Summary rows turned into parts as they arrive.
+struct SummaryRows<'a> {
+    copy: &'a Copy<'a>,
+    fields: &'static [&'static str],
     /// Each series by the raw bytes of its label fields, with which metrics it keeps.
     keys: HashMap<Box<[u8]>, (usize, [bool; 2])>,
     series: &'a mut Vec<Parts>,
@@ -265,11 +366,11 @@ struct SummaryRows<'a> {
 }
 
 impl SummaryRows<'_> {
-    /// One row: minute_ms, the four label columns, samples, last_ms, then first, last, min,
-    /// max and sum of cpu and of memory.
+    /// One row: minute_ms, the four label columns, samples, last_ms, then the fields read of
+    /// each metric read.
     fn row(&mut self, data: &[u8], spans: &Spans) -> Result<(), PromError> {
         let minute_ms = int8_field(data, spans[0])?;
-        if !self.minutes.contains(minute_ms) || is_pending(self.pending, minute_ms) {
+        if !self.copy.minutes.contains(minute_ms) || is_pending(self.copy.pending, minute_ms) {
             return Ok(());
         }
         let key = &data[spans[1].0 - 4..spans[5].0 - 4];
@@ -287,24 +388,37 @@ impl SummaryRows<'_> {
         let count = int8_field(data, spans[5])? as f64;
         let last_ms = int8_field(data, spans[6])?;
         let mut kept = 0;
-        for m in 0..2 {
-            if !keep[m] {
+        let mut column = 7;
+        for (m, read) in self.copy.metrics.into_iter().enumerate() {
+            if !read {
                 continue;
             }
-            let field = |i: usize| float_field(data, spans[7 + 5 * m + i]);
-            let summary = Summary {
+            let mut summary = Summary {
                 count,
-                first: field(0)?,
-                last: field(1)?,
-                min: field(2)?,
-                max: field(3)?,
-                sum: field(4)?,
+                first: f64::NAN,
+                last: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                sum: f64::NAN,
                 last_ms,
             };
-            self.series[at].parts[m].push(Part::Minute { minute_ms, summary });
-            kept += 1;
+            for field in self.fields {
+                let value = float_field(data, spans[column])?;
+                column += 1;
+                match *field {
+                    "first" => summary.first = value,
+                    "last" => summary.last = value,
+                    "min" => summary.min = value,
+                    "max" => summary.max = value,
+                    _ => summary.sum = value,
+                }
+            }
+            if keep[m] {
+                self.series[at].parts[m].push(Part::Minute { minute_ms, summary });
+                kept += 1;
+            }
         }
-        self.budget.take(kept)
+        self.copy.budget.take(kept)
     }
 
     /// The series of a row's labels, and which of its metrics the selection keeps.
@@ -319,8 +433,8 @@ impl SummaryRows<'_> {
                 .to_owned();
         }
         let keep = Metric::ALL.map(|metric| {
-            self.metrics[super::metric_index(metric)]
-                && matches(&self.selection.matchers, &labels_of(metric, &labels))
+            self.copy.metrics[super::metric_index(metric)]
+                && matches(&self.copy.selection.matchers, &labels_of(metric, &labels))
         });
         let at = match self.index.get(&labels) {
             Some(&i) => i,

@@ -473,6 +473,22 @@ impl Reader {
             .acquire()
             .await
             .map_err(|_| PromError::Unavailable("database unavailable: readers closed".into()))?;
+        Reader::connect(pool, permit).await
+    }
+
+    /// A reader if one is free at once: for a read that holds one already and would help
+    /// itself with another, which must not wait (two such reads could wait for each other).
+    async fn open_if_free(pool: &DbPool) -> Result<Option<Reader>, PromError> {
+        match READER_PERMITS.try_acquire() {
+            Ok(permit) => Ok(Some(Reader::connect(pool, permit).await?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn connect(
+        pool: &DbPool,
+        permit: tokio::sync::SemaphorePermit<'static>,
+    ) -> Result<Reader, PromError> {
         let timeouts = pool.timeouts();
         let client = crate::db::connect(pool.url(), &timeouts)
             .await
