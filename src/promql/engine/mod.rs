@@ -18,10 +18,13 @@ mod functions;
 mod selectors;
 mod stats;
 mod subquery;
+pub(crate) mod summaries;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_functions;
+#[cfg(test)]
+mod tests_summaries;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -31,14 +34,18 @@ use promql_parser::parser::Expr;
 use promql_parser::parser::value::ValueType;
 
 use super::{Labels, Limits, PromError, Series, Steps, Value};
+pub(crate) use summaries::{Answer, Need};
 
 /// What the engine asks storage for: every series the matchers select, with its samples at
-/// start_ms < t <= end_ms (left-open, as Prometheus 3), ascending by time.
+/// start_ms < t <= end_ms (left-open, as Prometheus 3), ascending by time, and what the
+/// selector's consumer does with them, so that storage may answer from summaries where they
+/// give the same result.
 #[derive(Debug, Clone)]
 pub(crate) struct Selection {
     pub matchers: Matchers,
     pub start_ms: i64,
     pub end_ms: i64,
+    pub need: Need,
 }
 
 /// One stored series and its samples, ascending by time.
@@ -55,7 +62,7 @@ pub(crate) trait Storage {
         &self,
         selections: &[Selection],
         limits: Limits,
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<SampleSeries>>, PromError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Vec<Answer>, PromError>> + Send;
 }
 
 /// Whether a series' labels satisfy the matchers; a label a series lacks has the value "".
@@ -93,9 +100,9 @@ pub(crate) async fn evaluate<S: Storage + Sync>(
 
 /// The state of one evaluation: the fetched samples, taken by the selector that needs them.
 pub(super) struct Ctx {
-    /// The samples of each selector, keyed by the selector's address in the expression (each
+    /// The answer for each selector, keyed by the selector's address in the expression (each
     /// node is evaluated exactly once, so its samples are moved out, never copied).
-    data: HashMap<usize, Vec<SampleSeries>>,
+    data: HashMap<usize, Answer>,
     /// The query's own steps: `start()` and `end()` refer to them wherever they appear.
     query: Steps,
     limits: Limits,
@@ -106,15 +113,11 @@ pub(super) struct Ctx {
 impl Ctx {
     fn new(
         keys: Vec<usize>,
-        answers: Vec<Vec<SampleSeries>>,
+        answers: Vec<Answer>,
         query: Steps,
         limits: Limits,
     ) -> Result<Ctx, PromError> {
-        let fetched = answers
-            .iter()
-            .flatten()
-            .map(|s| s.timestamps.len())
-            .sum::<usize>();
+        let fetched = answers.iter().map(Answer::len).sum::<usize>();
         let ctx = Ctx {
             data: keys.into_iter().zip(answers).collect(),
             query,

@@ -6,7 +6,8 @@ use std::time::UNIX_EPOCH;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
 
-use super::{Ctx, SampleSeries, Selection, subquery};
+use super::summaries::{Answer, Need, Summarised, WindowSeries};
+use super::{Ctx, SampleSeries, Selection, functions, subquery};
 use crate::promql::{LOOKBACK_MS, Limits, NAME_LABEL, PromError, Series, Steps};
 
 /// Every selector of a query with the span it reads, and the key its samples go by.
@@ -33,8 +34,15 @@ fn walk(
     plan: &mut Plan,
 ) -> Result<(), PromError> {
     match expr {
-        Expr::VectorSelector(vs) => push(vs, LOOKBACK_MS, steps, query, plan)?,
-        Expr::MatrixSelector(ms) => push(&ms.vs, range_ms(ms, limits)?, steps, query, plan)?,
+        Expr::VectorSelector(vs) => push(vs, LOOKBACK_MS, Use::Latest, steps, query, plan)?,
+        Expr::MatrixSelector(ms) => push(
+            &ms.vs,
+            range_ms(ms, limits)?,
+            Use::Samples,
+            steps,
+            query,
+            plan,
+        )?,
         Expr::Subquery(sq) => {
             let inner = subquery::inner_steps(sq, steps, query, limits)?;
             if inner.n > 0 {
@@ -54,8 +62,17 @@ fn walk(
             walk(&b.rhs, steps, query, limits, plan)?;
         }
         Expr::Call(call) => {
+            // A window function that summaries give, of a range selector, says so: storage
+            // may then answer with each window's aggregates.
+            let summarised = functions::summarised(call.func.name);
             for arg in &call.args.args {
-                walk(arg, steps, query, limits, plan)?;
+                match (summarised, unparen(arg)) {
+                    (Some(function), Expr::MatrixSelector(ms)) => {
+                        let range = range_ms(ms, limits)?;
+                        push(&ms.vs, range, Use::Window(function), steps, query, plan)?
+                    }
+                    _ => walk(arg, steps, query, limits, plan)?,
+                }
             }
         }
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
@@ -63,9 +80,25 @@ fn walk(
     Ok(())
 }
 
+/// How a selector's samples are used.
+#[derive(Clone, Copy)]
+enum Use {
+    Samples,
+    Latest,
+    Window(Summarised),
+}
+
+fn unparen(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
+
 fn push(
     vs: &VectorSelector,
     window_ms: i64,
+    consumer: Use,
     steps: Steps,
     query: Steps,
     plan: &mut Plan,
@@ -73,10 +106,21 @@ fn push(
     let offset = offset_ms(&vs.offset)?;
     let refs = refs(steps, &vs.at, offset, query);
     let (first, last) = (refs[0], refs[refs.len() - 1]);
+    // Read times ascend with the steps (an `@` makes them all one time).
+    let need = match consumer {
+        Use::Samples => Need::Samples,
+        Use::Latest => Need::Latest { refs },
+        Use::Window(function) => Need::Window {
+            refs,
+            range_ms: window_ms,
+            function,
+        },
+    };
     plan.selections.push(Selection {
         matchers: matchers(vs),
         start_ms: first.saturating_sub(window_ms),
         end_ms: last,
+        need,
     });
     plan.keys.push(key(vs));
     Ok(())
@@ -282,8 +326,26 @@ impl RangeArg {
 
 impl Ctx {
     /// Moves a selector's samples out of the fetched data.
-    fn take(&mut self, vs: &VectorSelector) -> Vec<SampleSeries> {
-        self.data.remove(&key(vs)).unwrap_or_default()
+    fn take(&mut self, vs: &VectorSelector) -> Result<Vec<SampleSeries>, PromError> {
+        match self.data.remove(&key(vs)) {
+            None => Ok(Vec::new()),
+            Some(Answer::Samples(series)) => Ok(series),
+            Some(Answer::Windows(_)) => Err(PromError::Unavailable(
+                "storage answered window aggregates where samples were asked for".into(),
+            )),
+        }
+    }
+
+    /// Moves a selector's window aggregates out of the fetched data, if storage answered
+    /// with them (it may answer with samples instead).
+    pub(super) fn take_windows(&mut self, vs: &VectorSelector) -> Option<Vec<WindowSeries>> {
+        match self.data.remove(&key(vs))? {
+            Answer::Windows(windows) => Some(windows),
+            samples => {
+                self.data.insert(key(vs), samples);
+                None
+            }
+        }
     }
 
     /// An instant selector: each series' newest sample within the lookback of each step.
@@ -310,7 +372,7 @@ impl Ctx {
     ) -> Result<Vec<Indexed>, PromError> {
         let refs = refs(steps, &vs.at, offset_ms(&vs.offset)?, self.query);
         Ok(self
-            .take(vs)
+            .take(vs)?
             .into_iter()
             .filter_map(|s| {
                 let idx = lookback(&s.timestamps, &refs);
@@ -326,7 +388,7 @@ impl Ctx {
             Expr::MatrixSelector(ms) => {
                 let offset = offset_ms(&ms.vs.offset)?;
                 Ok(RangeArg {
-                    series: self.take(&ms.vs),
+                    series: self.take(&ms.vs)?,
                     range_ms: range_ms(ms, self.limits)?,
                     refs: refs(steps, &ms.vs.at, offset, self.query),
                     evals: evals(steps, &ms.vs.at, self.query),

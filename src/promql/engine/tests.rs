@@ -70,32 +70,35 @@ fn expand(values: &str) -> Vec<Option<f64>> {
     out
 }
 
+impl Mem {
+    /// The samples of the series a selection selects, in its range.
+    pub(super) fn samples(&self, sel: &Selection) -> Vec<SampleSeries> {
+        self.0
+            .iter()
+            .filter(|s| matches(&sel.matchers, &s.labels))
+            .map(|s| {
+                let keep: Vec<usize> = (0..s.timestamps.len())
+                    .filter(|&i| s.timestamps[i] > sel.start_ms && s.timestamps[i] <= sel.end_ms)
+                    .collect();
+                SampleSeries {
+                    labels: s.labels.clone(),
+                    timestamps: keep.iter().map(|&i| s.timestamps[i]).collect(),
+                    values: keep.iter().map(|&i| s.values[i]).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Storage for Mem {
     fn select(
         &self,
         selections: &[Selection],
         _limits: Limits,
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<SampleSeries>>, PromError>> + Send {
+    ) -> impl std::future::Future<Output = Result<Vec<Answer>, PromError>> + Send {
         let answers = selections
             .iter()
-            .map(|sel| {
-                self.0
-                    .iter()
-                    .filter(|s| matches(&sel.matchers, &s.labels))
-                    .map(|s| {
-                        let keep: Vec<usize> = (0..s.timestamps.len())
-                            .filter(|&i| {
-                                s.timestamps[i] > sel.start_ms && s.timestamps[i] <= sel.end_ms
-                            })
-                            .collect();
-                        SampleSeries {
-                            labels: s.labels.clone(),
-                            timestamps: keep.iter().map(|&i| s.timestamps[i]).collect(),
-                            values: keep.iter().map(|&i| s.values[i]).collect(),
-                        }
-                    })
-                    .collect()
-            })
+            .map(|sel| Answer::Samples(self.samples(sel)))
             .collect();
         async move { Ok(answers) }
     }

@@ -12,6 +12,7 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Call, Expr};
 
 use super::selectors::Window;
+use super::summaries::Summarised;
 use super::{Ctx, unique};
 use crate::promql::{NAME_LABEL, PromError, Series, Steps, Value};
 
@@ -19,10 +20,12 @@ use crate::promql::{NAME_LABEL, PromError, Series, Steps, Value};
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
     /// A function of each window of its range argument and of its scalar argument, if any
-    /// (NaN if none). `keep_name`: whether the result keeps the metric name.
+    /// (NaN if none). `keep_name`: whether the result keeps the metric name. `summary`: the
+    /// same function of a window's aggregates, where per-minute summaries give it exactly.
     Range {
         f: fn(&Window, f64) -> Option<f64>,
         keep_name: bool,
+        summary: Option<Summarised>,
     },
     /// A function of each value of its vector argument and of its scalar arguments at the
     /// same step; the name is dropped.
@@ -48,6 +51,15 @@ fn lookup(name: &str) -> Option<Kind> {
     .map(|(_, kind)| *kind)
 }
 
+/// The function of a window's aggregates that a call of `name` on a range selector is, if
+/// per-minute summaries give it exactly.
+pub(super) fn summarised(name: &str) -> Option<Summarised> {
+    match lookup(name)? {
+        Kind::Range { summary, .. } => summary,
+        _ => None,
+    }
+}
+
 impl Ctx {
     pub(super) fn call(&mut self, call: &Call, steps: Steps) -> Result<Value, PromError> {
         let name = call.func.name;
@@ -65,7 +77,11 @@ impl Ctx {
             lookup(name).ok_or_else(|| PromError::unsupported(format!("the function {name}()")))?;
         let series = match kind {
             Kind::Special(f) => return f(self, call, steps),
-            Kind::Range { f, keep_name } => self.call_range(call, steps, f, keep_name)?,
+            Kind::Range {
+                f,
+                keep_name,
+                summary,
+            } => self.call_range(call, steps, f, keep_name, summary)?,
             Kind::Instant(f) => self.call_instant(call, steps, f)?,
             Kind::Date(f) => self.call_date(call, steps, f)?,
         };
@@ -78,6 +94,7 @@ impl Ctx {
         steps: Steps,
         f: fn(&Window, f64) -> Option<f64>,
         keep_name: bool,
+        summary: Option<Summarised>,
     ) -> Result<Vec<Series>, PromError> {
         let mut param = vec![f64::NAN; steps.n];
         let mut matrix = None;
@@ -91,6 +108,27 @@ impl Ctx {
         let matrix = matrix.ok_or_else(|| {
             PromError::BadData(format!("{}() needs a range vector", call.func.name))
         })?;
+        if let (Some(function), Expr::MatrixSelector(ms)) = (summary, unparen(matrix))
+            && let Some(windows) = self.take_windows(&ms.vs)
+        {
+            return Ok(windows
+                .into_iter()
+                .filter_map(|mut w| {
+                    if !keep_name {
+                        w.labels.remove(NAME_LABEL);
+                    }
+                    let points: Vec<Option<f64>> = w
+                        .windows
+                        .iter()
+                        .map(|a| a.as_ref().map(|a| function.value(a)))
+                        .collect();
+                    points.iter().any(Option::is_some).then_some(Series {
+                        labels: w.labels,
+                        points,
+                    })
+                })
+                .collect());
+        }
         let arg = self.range(matrix, steps)?;
         Ok(arg.map(keep_name, |w| f(w, param[w.step])))
     }

@@ -3,13 +3,18 @@
 
 use super::super::selectors::Window;
 use super::super::stats;
+use super::super::summaries::Summarised;
 use super::Kind;
 
 macro_rules! over_time {
     ($f:expr) => {
+        over_time!($f, None)
+    };
+    ($f:expr, $summary:expr) => {
         Kind::Range {
             f: |w, _| (!w.values.is_empty()).then(|| $f(w.values)),
             keep_name: false,
+            summary: $summary,
         }
     };
 }
@@ -18,6 +23,7 @@ const fn drop_name(f: fn(&Window, f64) -> Option<f64>) -> Kind {
     Kind::Range {
         f,
         keep_name: false,
+        summary: None,
     }
 }
 
@@ -31,23 +37,42 @@ pub(super) const FUNCTIONS: &[(&str, Kind)] = &[
     ("predict_linear", drop_name(predict_linear)),
     ("resets", drop_name(resets)),
     ("changes", drop_name(changes)),
-    ("avg_over_time", over_time!(stats::mean)),
-    ("sum_over_time", over_time!(stats::sum)),
-    ("min_over_time", over_time!(stats::min)),
-    ("max_over_time", over_time!(stats::max)),
-    ("count_over_time", over_time!(|v: &[f64]| v.len() as f64)),
+    (
+        "avg_over_time",
+        over_time!(stats::mean, Some(Summarised::Avg)),
+    ),
+    (
+        "sum_over_time",
+        over_time!(stats::sum, Some(Summarised::Sum)),
+    ),
+    (
+        "min_over_time",
+        over_time!(stats::min, Some(Summarised::Min)),
+    ),
+    (
+        "max_over_time",
+        over_time!(stats::max, Some(Summarised::Max)),
+    ),
+    (
+        "count_over_time",
+        over_time!(|v: &[f64]| v.len() as f64, Some(Summarised::Count)),
+    ),
     (
         "stddev_over_time",
         over_time!(|v| stats::variance(v).sqrt()),
     ),
     ("stdvar_over_time", over_time!(stats::variance)),
-    ("present_over_time", over_time!(|_| 1.0)),
+    (
+        "present_over_time",
+        over_time!(|_| 1.0, Some(Summarised::Present)),
+    ),
     ("quantile_over_time", drop_name(quantile_over_time)),
     (
         "last_over_time",
         Kind::Range {
             f: |w, _| w.values.last().copied(),
             keep_name: true,
+            summary: Some(Summarised::Last),
         },
     ),
     (
@@ -55,6 +80,7 @@ pub(super) const FUNCTIONS: &[(&str, Kind)] = &[
         Kind::Range {
             f: |w, _| w.values.first().copied(),
             keep_name: true,
+            summary: Some(Summarised::First),
         },
     ),
 ];

@@ -32,10 +32,12 @@ use futures_util::{StreamExt, TryStreamExt};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use tokio::sync::Semaphore;
 
+mod minutes;
+
 use super::{JOB, Labels, Limits, Metric, NAME_LABEL, PromError, label_column};
 use crate::db::queries::DbPool;
 
-pub(crate) use super::engine::{SampleSeries, Selection, Storage, matches};
+pub(crate) use super::engine::{Answer, SampleSeries, Selection, Storage, matches};
 
 /// Connections one scan splits its time range among.
 const PARTS: usize = 2;
@@ -70,7 +72,7 @@ impl Storage for PgStorage<'_> {
         &self,
         selections: &[Selection],
         limits: Limits,
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<SampleSeries>>, PromError>> + Send {
+    ) -> impl std::future::Future<Output = Result<Vec<Answer>, PromError>> + Send {
         select(self.pool, selections, limits)
     }
 }
@@ -230,10 +232,18 @@ fn time_literal(ms: i64) -> String {
     }
 }
 
-/// The scans that serve `selections`.
+/// Whether summaries answer a selection: its need allows them, and it reads something.
+fn from_summaries(selection: &Selection) -> bool {
+    selection.need.minutes().is_some() && selection.start_ms < selection.end_ms
+}
+
+/// The scans of raw rows that serve `selections` (but those summaries answer).
 fn plan(selections: &[Selection]) -> Vec<Scan> {
     let mut scans: Vec<Scan> = Vec::new();
     for (index, selection) in selections.iter().enumerate() {
+        if from_summaries(selection) {
+            continue;
+        }
         let metrics = Metric::ALL.map(|m| may_match(&selection.matchers, m));
         if !metrics.iter().any(|m| *m) || selection.end_ms <= selection.start_ms {
             continue;
@@ -294,24 +304,35 @@ fn timed_out(limit: Duration) -> PromError {
     ))
 }
 
-/// Reads the samples of `selections`, each a list of series with at least one sample in its
-/// range `(start, end]`, sorted by labels.
+/// Answers `selections`: from summaries where they give the same answer, otherwise each
+/// with its series that have at least one sample in its range `(start, end]`, sorted by
+/// labels.
 pub(crate) async fn select(
     pool: &DbPool,
     selections: &[Selection],
     limits: Limits,
-) -> Result<Vec<Vec<SampleSeries>>, PromError> {
+) -> Result<Vec<Answer>, PromError> {
     let scans = plan(selections);
+    let summarised: Vec<usize> = (0..selections.len())
+        .filter(|&i| from_summaries(&selections[i]))
+        .collect();
     let budget = Budget {
         left: std::sync::atomic::AtomicI64::new(limits.max_samples as i64),
         limit: limits.max_samples,
     };
-    let reads = futures_util::future::try_join_all(
+    let raw = futures_util::future::try_join_all(
         scans
             .iter()
             .map(|scan| read_scan(pool, scan, selections, &budget)),
-    )
-    .await?;
+    );
+    let minutes = async {
+        if summarised.is_empty() {
+            Ok(Vec::new())
+        } else {
+            minutes::read(pool, selections, &summarised, &budget).await
+        }
+    };
+    let (reads, answered) = futures_util::future::try_join(raw, minutes).await?;
     let mut out: Vec<Vec<SampleSeries>> = selections.iter().map(|_| Vec::new()).collect();
     for (scan, series) in scans.iter().zip(reads) {
         for read in &series {
@@ -345,7 +366,11 @@ pub(crate) async fn select(
     for series in &mut out {
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
     }
-    Ok(out)
+    let mut answers: Vec<Answer> = out.into_iter().map(Answer::Samples).collect();
+    for (member, answer) in summarised.into_iter().zip(answered) {
+        answers[member] = answer;
+    }
+    Ok(answers)
 }
 
 /// The samples a query may still keep, shared by the scans read at once.
@@ -417,24 +442,107 @@ async fn read_part(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<Read>, PromError> {
-    let _permit = READER_PERMITS
-        .acquire()
+    let reader = Reader::open(pool).await?;
+    reader
+        .within(async {
+            reader.set_timeout().await?;
+            copy_raw(
+                &reader.client,
+                scan,
+                selections,
+                budget,
+                from_ms,
+                to_ms,
+                None,
+            )
+            .await
+        })
         .await
-        .map_err(|_| PromError::Unavailable("database unavailable: readers closed".into()))?;
-    let timeouts = pool.timeouts();
-    let client = crate::db::connect(pool.url(), &timeouts)
-        .await
-        .map_err(|e| {
-            log::warn!("PromQL read failed: {e}");
-            PromError::Unavailable(format!("database unavailable: {e}"))
-        })?;
-    let limit = timeouts.statement;
+}
+
+/// A reader connection of its own, held within the process-wide bound.
+struct Reader {
+    client: tokio_postgres::Client,
+    limit: Duration,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Reader {
+    async fn open(pool: &DbPool) -> Result<Reader, PromError> {
+        let permit = READER_PERMITS
+            .acquire()
+            .await
+            .map_err(|_| PromError::Unavailable("database unavailable: readers closed".into()))?;
+        Reader::connect(pool, permit).await
+    }
+
+    /// A reader if one is free at once: for a read that holds one already and would help
+    /// itself with another, which must not wait (two such reads could wait for each other).
+    async fn open_if_free(pool: &DbPool) -> Result<Option<Reader>, PromError> {
+        match READER_PERMITS.try_acquire() {
+            Ok(permit) => Ok(Some(Reader::connect(pool, permit).await?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn connect(
+        pool: &DbPool,
+        permit: tokio::sync::SemaphorePermit<'static>,
+    ) -> Result<Reader, PromError> {
+        let timeouts = pool.timeouts();
+        let client = crate::db::connect(pool.url(), &timeouts)
+            .await
+            .map_err(|e| {
+                log::warn!("PromQL read failed: {e}");
+                PromError::Unavailable(format!("database unavailable: {e}"))
+            })?;
+        Ok(Reader {
+            client,
+            limit: timeouts.statement,
+            _permit: permit,
+        })
+    }
+
+    /// Bounds every statement by the statement timeout on the server.
+    async fn set_timeout(&self) -> Result<(), PromError> {
+        self.client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                self.limit.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| database_error(&e))
+    }
+
+    /// Runs `reading`, bounded by the statement timeout on the client as well.
+    async fn within<T>(
+        &self,
+        reading: impl std::future::Future<Output = Result<T, PromError>>,
+    ) -> Result<T, PromError> {
+        match tokio::time::timeout(self.limit, reading).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(self.limit)),
+        }
+    }
+}
+
+/// Reads the raw rows of `(from, to]` of a scan, and only those `times` selects if given.
+async fn copy_raw(
+    client: &tokio_postgres::Client,
+    scan: &Scan,
+    selections: &[Selection],
+    budget: &Budget,
+    from_ms: i64,
+    to_ms: i64,
+    times: Option<String>,
+) -> Result<Vec<Read>, PromError> {
     let mut conditions = vec![
         format!("time > {}", time_literal(from_ms)),
         // Times finer than a millisecond are read as their millisecond (floored), so the
         // last millisecond of the range is read whole and the rest cut here.
         format!("time < {}", time_literal(to_ms.saturating_add(1))),
     ];
+    conditions.extend(times);
     conditions.extend(scan.conditions.iter().cloned());
     let columns: Vec<&str> = Metric::ALL
         .iter()
@@ -446,42 +554,167 @@ async fn read_part(
         columns.join(", "),
         conditions.join(" AND ")
     );
-    let reading = async {
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                limit.as_millis().max(1)
-            ))
-            .await
-            .map_err(|e| database_error(&e))?;
-        let stream = client
-            .copy_out(&sql)
-            .await
-            .map_err(|e| database_error(&e))?;
-        let mut decoder = Decoder::new(scan, selections, budget, from_ms, to_ms);
-        let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
-        while let Some(chunk) = stream.next().await {
-            decoder.feed(&chunk?)?;
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| database_error(&e))?;
+    let mut decoder = Decoder::new(scan, selections, budget, from_ms, to_ms);
+    let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
+    while let Some(chunk) = stream.next().await {
+        decoder.feed(&chunk?)?;
+    }
+    decoder.finish()
+}
+
+/// The framing of a binary COPY stream: its header, then rows of a known number of fields,
+/// whatever the chunks they arrive split into.
+struct Frames {
+    fields: usize,
+    /// Bytes of a row split across chunks.
+    carry: Vec<u8>,
+    header_seen: bool,
+    ended: bool,
+}
+
+/// The fields of one row: (start, length), length −1 for NULL.
+type Spans = [(usize, i32)];
+
+impl Frames {
+    fn new(fields: usize) -> Frames {
+        Frames {
+            fields,
+            carry: Vec::new(),
+            header_seen: false,
+            ended: false,
         }
-        decoder.finish()
-    };
-    match tokio::time::timeout(limit, reading).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out(limit)),
+    }
+
+    /// Hands each complete row of `chunk` (and of the bytes carried before it) to `row`.
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        row: &mut impl FnMut(&[u8], &Spans) -> Result<(), PromError>,
+    ) -> Result<(), PromError> {
+        if self.carry.is_empty() {
+            let used = self.parse(chunk, row)?;
+            self.carry.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut data = std::mem::take(&mut self.carry);
+            data.extend_from_slice(chunk);
+            let used = self.parse(&data, row)?;
+            data.drain(..used);
+            self.carry = data;
+        }
+        Ok(())
+    }
+
+    /// Parses the complete rows at the start of `data`; answers how many bytes they took.
+    fn parse(
+        &mut self,
+        data: &[u8],
+        row: &mut impl FnMut(&[u8], &Spans) -> Result<(), PromError>,
+    ) -> Result<usize, PromError> {
+        let mut at = 0;
+        if !self.header_seen {
+            if data.len() < SIGNATURE.len() + 8 {
+                return Ok(0);
+            }
+            if &data[..SIGNATURE.len()] != SIGNATURE {
+                return Err(malformed());
+            }
+            let extension = i32::from_be_bytes(read4(data, SIGNATURE.len() + 4)?) as usize;
+            let end = SIGNATURE.len() + 8 + extension;
+            if data.len() < end {
+                return Ok(0);
+            }
+            at = end;
+            self.header_seen = true;
+        }
+        let mut spans = vec![(0usize, 0i32); self.fields];
+        while !self.ended {
+            match self.frame(&data[at..], &mut spans)? {
+                Some(used) => {
+                    if !self.ended {
+                        row(&data[at..at + used], &spans)?;
+                    }
+                    at += used;
+                }
+                None => break,
+            }
+        }
+        Ok(at)
+    }
+
+    /// The field spans of the row at the start of `data`, if it is complete: answers the
+    /// bytes it took.
+    fn frame(&mut self, data: &[u8], spans: &mut Spans) -> Result<Option<usize>, PromError> {
+        if data.len() < 2 {
+            return Ok(None);
+        }
+        let fields = i16::from_be_bytes([data[0], data[1]]);
+        if fields == -1 {
+            self.ended = true;
+            return Ok(Some(2));
+        }
+        if fields as usize != self.fields {
+            return Err(malformed());
+        }
+        let mut at = 2;
+        for span in spans.iter_mut() {
+            if data.len() < at + 4 {
+                return Ok(None);
+            }
+            let length = i32::from_be_bytes(read4(data, at)?);
+            at += 4;
+            *span = (at, length);
+            if length > 0 {
+                at += length as usize;
+            }
+            if data.len() < at {
+                return Ok(None);
+            }
+        }
+        Ok(Some(at))
+    }
+
+    /// Whether the stream ended where it should.
+    fn finish(&self) -> Result<(), PromError> {
+        if !self.ended || !self.carry.is_empty() {
+            return Err(malformed());
+        }
+        Ok(())
+    }
+}
+
+/// An 8-byte field of a row, or NaN where it is NULL.
+fn float_field(data: &[u8], (at, length): (usize, i32)) -> Result<f64, PromError> {
+    match length {
+        -1 => Ok(f64::NAN),
+        8 => Ok(f64::from_be_bytes(read8(data, at)?)),
+        _ => Err(malformed()),
+    }
+}
+
+fn int8_field(data: &[u8], (at, length): (usize, i32)) -> Result<i64, PromError> {
+    match length {
+        8 => Ok(i64::from_be_bytes(read8(data, at)?)),
+        _ => Err(malformed()),
     }
 }
 
 /// Binary COPY rows turned into series as they arrive.
 struct Decoder<'a> {
+    frames: Frames,
+    rows: Rows<'a>,
+}
+
+/// The series of raw rows read so far.
+struct Rows<'a> {
     scan: &'a Scan,
     selections: &'a [Selection],
     budget: &'a Budget,
     from_ms: i64,
     to_ms: i64,
-    /// Bytes of a row split across chunks.
-    carry: Vec<u8>,
-    header_seen: bool,
-    ended: bool,
     /// Each series by the raw bytes of its label fields.
     index: HashMap<Box<[u8]>, usize>,
     /// The raw label bytes of each series, in order of first appearance.
@@ -512,94 +745,37 @@ impl<'a> Decoder<'a> {
         to_ms: i64,
     ) -> Decoder<'a> {
         Decoder {
-            scan,
-            selections,
-            budget,
-            from_ms,
-            to_ms,
-            carry: Vec::new(),
-            header_seen: false,
-            ended: false,
-            index: HashMap::new(),
-            keys: Vec::new(),
-            series: Vec::new(),
-            last: usize::MAX,
-            unsorted: Vec::new(),
+            frames: Frames::new(7),
+            rows: Rows {
+                scan,
+                selections,
+                budget,
+                from_ms,
+                to_ms,
+                index: HashMap::new(),
+                keys: Vec::new(),
+                series: Vec::new(),
+                last: usize::MAX,
+                unsorted: Vec::new(),
+            },
         }
     }
 
     fn feed(&mut self, chunk: &[u8]) -> Result<(), PromError> {
-        if self.carry.is_empty() {
-            let used = self.parse(chunk)?;
-            self.carry.extend_from_slice(&chunk[used..]);
-        } else {
-            let mut data = std::mem::take(&mut self.carry);
-            data.extend_from_slice(chunk);
-            let used = self.parse(&data)?;
-            data.drain(..used);
-            self.carry = data;
-        }
-        Ok(())
+        let rows = &mut self.rows;
+        self.frames
+            .feed(chunk, &mut |data, spans| rows.row(data, spans))
     }
 
-    /// Parses the complete rows at the start of `data`; answers how many bytes they took.
-    fn parse(&mut self, data: &[u8]) -> Result<usize, PromError> {
-        let mut at = 0;
-        if !self.header_seen {
-            if data.len() < SIGNATURE.len() + 8 {
-                return Ok(0);
-            }
-            if &data[..SIGNATURE.len()] != SIGNATURE {
-                return Err(malformed());
-            }
-            let extension = i32::from_be_bytes(read4(data, SIGNATURE.len() + 4)?) as usize;
-            let end = SIGNATURE.len() + 8 + extension;
-            if data.len() < end {
-                return Ok(0);
-            }
-            at = end;
-            self.header_seen = true;
-        }
-        while !self.ended {
-            match self.row(&data[at..])? {
-                Some(used) => at += used,
-                None => break,
-            }
-        }
-        Ok(at)
+    fn finish(self) -> Result<Vec<Read>, PromError> {
+        self.frames.finish()?;
+        self.rows.finish()
     }
+}
 
-    /// One row at the start of `data`, if it is complete: answers the bytes it took.
-    fn row(&mut self, data: &[u8]) -> Result<Option<usize>, PromError> {
-        if data.len() < 2 {
-            return Ok(None);
-        }
-        let fields = i16::from_be_bytes([data[0], data[1]]);
-        if fields == -1 {
-            self.ended = true;
-            return Ok(Some(2));
-        }
-        if fields != 7 {
-            return Err(malformed());
-        }
-        // Field boundaries: (start, length), length −1 for NULL.
-        let mut spans = [(0usize, 0i32); 7];
-        let mut at = 2;
-        for span in &mut spans {
-            if data.len() < at + 4 {
-                return Ok(None);
-            }
-            let length = i32::from_be_bytes(read4(data, at)?);
-            at += 4;
-            *span = (at, length);
-            if length > 0 {
-                at += length as usize;
-            }
-            if data.len() < at {
-                return Ok(None);
-            }
-        }
-        let used = at;
+impl<'a> Rows<'a> {
+    /// One row: time, the four label columns, cpu, memory.
+    fn row(&mut self, data: &[u8], spans: &Spans) -> Result<(), PromError> {
         let (time_at, time_len) = spans[0];
         if time_len != 8 {
             return Err(malformed());
@@ -607,14 +783,14 @@ impl<'a> Decoder<'a> {
         let micros = i64::from_be_bytes(read8(data, time_at)?);
         let t = micros.div_euclid(1000) + PG_EPOCH_MS;
         if t <= self.from_ms || t > self.to_ms {
-            return Ok(Some(used));
+            return Ok(());
         }
         // The label fields, lengths included, are contiguous: they are the series' key.
         let key = &data[spans[1].0 - 4..spans[5].0 - 4];
-        let series = self.series_of(key, data, &spans)?;
+        let series = self.series_of(key, data, spans)?;
         let read = &mut self.series[series];
         if !read.keep[0] && !read.keep[1] {
-            return Ok(Some(used));
+            return Ok(());
         }
         let mut kept = 0;
         for m in 0..2 {
@@ -633,17 +809,12 @@ impl<'a> Decoder<'a> {
             self.unsorted[series] = true;
         }
         read.timestamps.push(t);
-        Ok(Some(used))
+        Ok(())
     }
 
     /// The series of a row's label bytes, made (and checked against the selections) when
     /// first seen.
-    fn series_of(
-        &mut self,
-        key: &[u8],
-        data: &[u8],
-        spans: &[(usize, i32); 7],
-    ) -> Result<usize, PromError> {
+    fn series_of(&mut self, key: &[u8], data: &[u8], spans: &Spans) -> Result<usize, PromError> {
         let guess = self.last.wrapping_add(1);
         if guess < self.keys.len() && &*self.keys[guess] == key {
             self.last = guess;
@@ -687,9 +858,6 @@ impl<'a> Decoder<'a> {
     }
 
     fn finish(mut self) -> Result<Vec<Read>, PromError> {
-        if !self.ended || !self.carry.is_empty() {
-            return Err(malformed());
-        }
         for (read, unsorted) in self.series.iter_mut().zip(&self.unsorted) {
             if *unsorted {
                 let mut order: Vec<usize> = (0..read.timestamps.len()).collect();
@@ -831,6 +999,7 @@ mod tests {
             matchers: matchers(r#"pod_cpu_usage_percent{pod=~"pod-a|pod-b"}"#),
             start_ms: 0,
             end_ms: 3000,
+            need: crate::promql::engine::Need::Samples,
         }];
         let scan = &plan(&selections)[0];
         for split in [1, 2, 7, 40, data.len() - 1] {
@@ -861,6 +1030,7 @@ mod tests {
             matchers: matchers("pod_cpu_usage_percent"),
             start_ms: i64::MIN / 2,
             end_ms: i64::MAX / 2,
+            need: crate::promql::engine::Need::Samples,
         }];
         let scan = &plan(&selections)[0];
         let budget = Budget {
