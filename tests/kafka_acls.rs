@@ -105,6 +105,25 @@ fn error_lines(app: &TestApp) -> Vec<String> {
     app.lines_containing(" ERROR ")
 }
 
+/// Produces an invalid message and, behind it, a valid one from `pod` to partition 0 of
+/// `topic`, and waits until the service holds that partition (its dead letter cannot go out):
+/// `/status` then.
+async fn hold_partition_zero(app: &TestApp, topic: &str, pod: &str) -> serde_json::Value {
+    produce(
+        &producer_on(admin()),
+        topic,
+        0,
+        &[b"not json".to_vec(), guide_message(pod, 1.0, 2.0, now_ms())],
+    )
+    .await;
+    app.wait_for_status("the partition held", |s| {
+        s["validator"]["held_partitions"]
+            .as_array()
+            .is_some_and(|held| !held.is_empty())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn with_least_privilege_every_metric_is_stored_once_and_invalid_ones_are_dead_lettered() {
     let user = new_user();
@@ -225,31 +244,9 @@ async fn without_create_and_without_a_dead_letter_topic_the_partition_waits_unti
         1,
         "said more than once"
     );
-    let ready = reqwest::get(app.url("/ready")).await.expect("GET /ready");
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.expect("JSON");
-    assert!(
-        body["reason"].as_str().unwrap_or_default().contains(&dlq),
-        "{body}"
-    );
+    app.assert_unready(&dlq).await;
 
-    produce(
-        &producer_on(admin()),
-        &topic,
-        0,
-        &[
-            b"not json".to_vec(),
-            guide_message("behind-the-held-one", 1.0, 2.0, now_ms()),
-        ],
-    )
-    .await;
-    let status = app
-        .wait_for_status("the partition held", |s| {
-            s["validator"]["held_partitions"]
-                .as_array()
-                .is_some_and(|held| !held.is_empty())
-        })
-        .await;
+    let status = hold_partition_zero(&app, &topic, "behind-the-held-one").await;
     let held = &status["validator"]["held_partitions"][0];
     assert_eq!(held["partition"], 0);
     assert_eq!(held["offset"], 0);
@@ -312,16 +309,7 @@ async fn refused(app: &TestApp, user: &str, resource: &str, option: &str) -> Str
         )),
         "the line names no ACL: {line}"
     );
-    let ready = reqwest::get(app.url("/ready")).await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&needle),
-        "{body}"
-    );
+    app.assert_unready(&needle).await;
     // librdkafka reports the refusal more than once; it is said once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -526,23 +514,7 @@ async fn without_write_on_the_dead_letter_topic_the_partition_waits_until_it_is_
     allow(&user, &["Describe"], &["--topic", &dlq]);
     let db = TestDatabase::create().await;
     let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
-    produce(
-        &producer_on(admin()),
-        &topic,
-        0,
-        &[
-            b"not json".to_vec(),
-            guide_message("behind-the-unwritable-one", 1.0, 2.0, now_ms()),
-        ],
-    )
-    .await;
-    let status = app
-        .wait_for_status("the partition held", |s| {
-            s["validator"]["held_partitions"]
-                .as_array()
-                .is_some_and(|held| !held.is_empty())
-        })
-        .await;
+    let status = hold_partition_zero(&app, &topic, "behind-the-unwritable-one").await;
     assert_eq!(status["validator"]["held_partitions"][0]["offset"], 0);
     assert!(
         app.wait_for_log(

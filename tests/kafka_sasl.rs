@@ -87,16 +87,7 @@ async fn refused_with_a_wrong_password(mut env: HashMap<String, String>, right: 
         )),
         "{line}"
     );
-    let ready = reqwest::get(app.url("/ready")).await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("SASL authentication"),
-        "{body}"
-    );
+    app.assert_unready("SASL authentication").await;
     let status = reqwest::get(app.url("/status"))
         .await
         .unwrap()

@@ -50,16 +50,7 @@ async fn metrics_dead_letters_and_the_simulator_go_over_tls_and_an_untrusted_ca_
             )),
         "{line}"
     );
-    let ready = reqwest::get(app.url("/ready")).await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("certificate verify failed"),
-        "{body}"
-    );
+    app.assert_unready("certificate verify failed").await;
     drop(app);
 
     // Restarted with the right CA, the service recovers.
@@ -156,16 +147,7 @@ async fn mutual_tls_stores_metrics_with_the_client_certificate_and_is_refused_wi
         "said more than once: {:#?}",
         app.lines()
     );
-    let ready = reqwest::get(app.url("/ready")).await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("KAFKA_SSL_CERTIFICATE_LOCATION"),
-        "{body}"
-    );
+    app.assert_unready("KAFKA_SSL_CERTIFICATE_LOCATION").await;
     drop(app);
 
     // With the certificate and its key.

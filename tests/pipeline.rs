@@ -8,28 +8,6 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::*;
 
-struct Setup {
-    topic: String,
-    group: String,
-    db: TestDatabase,
-}
-
-async fn setup() -> Setup {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    Setup {
-        group: unique("group"),
-        topic,
-        db: TestDatabase::create().await,
-    }
-}
-
-impl Setup {
-    fn env(&self) -> std::collections::HashMap<String, String> {
-        service_env(&self.topic, &self.group, &self.db)
-    }
-}
-
 fn iso(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap()

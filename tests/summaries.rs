@@ -10,28 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-struct Setup {
-    topic: String,
-    group: String,
-    db: TestDatabase,
-}
-
-async fn setup() -> Setup {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    Setup {
-        group: unique("group"),
-        topic,
-        db: TestDatabase::create().await,
-    }
-}
-
-impl Setup {
-    fn env(&self) -> std::collections::HashMap<String, String> {
-        service_env(&self.topic, &self.group, &self.db)
-    }
-}
-
 /// The summaries a GROUP BY over the raw samples makes, written independently of the
 /// service's own statement: right-closed minutes of sample times floored to milliseconds.
 const RAW_MINUTES: &str = "

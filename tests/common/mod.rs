@@ -253,6 +253,31 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
 }
 
+/// What most tests start from: a topic of their own on the shared broker (`PARTITIONS`
+/// partitions), a consumer group of their own and a fresh database.
+pub struct Setup {
+    pub topic: String,
+    pub group: String,
+    pub db: TestDatabase,
+}
+
+pub async fn setup() -> Setup {
+    let topic = unique("metrics");
+    create_topic(&topic).await;
+    Setup {
+        group: unique("group"),
+        topic,
+        db: TestDatabase::create().await,
+    }
+}
+
+impl Setup {
+    /// The service's environment for this topic, group and database.
+    pub fn env(&self) -> HashMap<String, String> {
+        service_env(&self.topic, &self.group, &self.db)
+    }
+}
+
 /// Environment for a service consuming `topic` as group `group` into `db`.
 pub fn service_env(topic: &str, group: &str, db: &TestDatabase) -> HashMap<String, String> {
     HashMap::from([
@@ -349,6 +374,17 @@ impl TestApp {
             .json()
             .await
             .expect("status JSON")
+    }
+
+    /// Expects `/ready` to answer 503 with a reason that contains `reason`.
+    pub async fn assert_unready(&self, reason: &str) {
+        let ready = reqwest::get(self.url("/ready")).await.expect("GET /ready");
+        assert_eq!(ready.status(), 503);
+        let body: serde_json::Value = ready.json().await.expect("/ready JSON");
+        assert!(
+            body["reason"].as_str().unwrap_or_default().contains(reason),
+            "{body}"
+        );
     }
 
     /// Polls `/status` until `check` holds.
