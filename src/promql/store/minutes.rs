@@ -423,15 +423,7 @@ impl SummaryRows<'_> {
 
     /// The series of a row's labels, and which of its metrics the selection keeps.
     fn series_of(&mut self, data: &[u8], spans: &Spans) -> Result<(usize, [bool; 2]), PromError> {
-        let mut labels: [String; 4] = Default::default();
-        for (label, &(at, length)) in labels.iter_mut().zip(&spans[1..5]) {
-            if length < 0 {
-                return Err(malformed());
-            }
-            *label = std::str::from_utf8(&data[at..at + length as usize])
-                .map_err(|_| malformed())?
-                .to_owned();
-        }
+        let labels = super::label_values(data, spans)?;
         let keep = Metric::ALL.map(|metric| {
             self.copy.metrics[super::metric_index(metric)]
                 && matches(&self.copy.selection.matchers, &labels_of(metric, &labels))

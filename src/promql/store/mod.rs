@@ -736,6 +736,21 @@ fn malformed() -> PromError {
     PromError::Unavailable("database unavailable: malformed COPY data".into())
 }
 
+/// The four label columns of a row (service, pod, namespace, node: fields 1 to 4 of `spans`),
+/// each checked to be present and UTF-8.
+fn label_values(data: &[u8], spans: &Spans) -> Result<[String; 4], PromError> {
+    let mut labels: [String; 4] = Default::default();
+    for (label, &(at, length)) in labels.iter_mut().zip(&spans[1..5]) {
+        if length < 0 {
+            return Err(malformed());
+        }
+        *label = std::str::from_utf8(&data[at..at + length as usize])
+            .map_err(|_| malformed())?
+            .to_owned();
+    }
+    Ok(labels)
+}
+
 impl<'a> Decoder<'a> {
     fn new(
         scan: &'a Scan,
@@ -824,15 +839,7 @@ impl<'a> Rows<'a> {
             self.last = i;
             return Ok(i);
         }
-        let mut labels: [String; 4] = Default::default();
-        for (label, &(at, length)) in labels.iter_mut().zip(&spans[1..5]) {
-            if length < 0 {
-                return Err(malformed());
-            }
-            *label = std::str::from_utf8(&data[at..at + length as usize])
-                .map_err(|_| malformed())?
-                .to_owned();
-        }
+        let labels = label_values(data, spans)?;
         let keep = Metric::ALL.map(|metric| {
             let m = metric_index(metric);
             self.scan.metrics[m] && {
