@@ -46,7 +46,8 @@ const MAX_PENDING_ROWS: i64 = 10_000;
 /// migrations' and the lifecycle's: one instance summarises at a time.
 const LOCK_KEY: i64 = 0x5041_4e4f_5054_4945;
 
-const MINUTE_MS: i64 = 60_000;
+/// The length of a summary's minute, in Unix milliseconds.
+pub(crate) const MINUTE_MS: i64 = 60_000;
 
 /// Summaries whose first sample is older than the oldest raw sample lost samples to a
 /// dropped chunk (TimescaleDB's retention drops chunks without firing any trigger): they are

@@ -20,8 +20,8 @@ use super::stats::kahan_inc;
 use super::{Labels, SampleSeries};
 use crate::promql::LOOKBACK_MS;
 
-/// The length of a summary's minute.
-pub(crate) const MINUTE_MS: i64 = 60_000;
+/// A summary's minute, as the summarizer makes it (one definition for writer and reader).
+pub(crate) use crate::db::summaries::{MINUTE_MS, minute_of};
 
 /// A function of a window that the window's per-minute summaries give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +120,6 @@ impl Minutes {
             && minute_ms <= self.last
             && (self.contiguous() || (self.first - minute_ms).rem_euclid(self.step) < self.width)
     }
-}
-
-/// The right-closed minute a sample time lies in.
-pub(crate) fn minute_of(t: i64) -> i64 {
-    t.div_euclid(MINUTE_MS) * MINUTE_MS
-        + if t.rem_euclid(MINUTE_MS) == 0 {
-            0
-        } else {
-            MINUTE_MS
-        }
 }
 
 /// A minute's summary, of one metric of one series.
@@ -387,16 +377,6 @@ pub(crate) fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn minutes_are_right_closed() {
-        assert_eq!(minute_of(60_000), 60_000);
-        assert_eq!(minute_of(60_001), 120_000);
-        assert_eq!(minute_of(1), 60_000);
-        assert_eq!(minute_of(0), 0);
-        assert_eq!(minute_of(-1), 0);
-        assert_eq!(minute_of(-60_000), -60_000);
-    }
 
     #[test]
     fn only_whole_minutes_are_summarised() {
