@@ -34,10 +34,36 @@ use panopticon::http::{self, AppState};
 use panopticon::stats::Stats;
 use serde_json::Value;
 
+#[allow(dead_code)]
 mod support;
-use support::{FreshDatabase, env_usize};
+use support::env_usize;
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 #[path = "../tests/promql_differential/summarizer.rs"]
 mod summarizer;
+
+/// For `pg`: a port free when asked.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// For `pg`: runs `sh -c script` in the background, to stop the server should the bench die.
+fn spawn_watchdog(script: &str) {
+    if let Ok(mut watchdog) = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        std::thread::spawn(move || watchdog.wait());
+    }
+}
 
 const PODS: i64 = 500;
 const INTERVAL_MS: i64 = 10_000;
@@ -290,58 +316,59 @@ async fn timed(
     Ok((times[times.len() / 2], answer))
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-queries");
-    std::fs::create_dir_all(&cache)?;
-    let steps = DAY_MS / INTERVAL_MS;
-    let tsdb = tokio::task::spawn_blocking({
-        let cache = cache.clone();
-        move || blocks(&cache, steps)
-    })
-    .await??;
-    let prometheus = start_prometheus(&cache, &tsdb).await?;
+/// The settings of the bench's own server: durability off (nothing here must survive a
+/// crash), buffers that hold a day of summaries, TimescaleDB preloaded.
+const SERVER_SETTINGS: &str = "fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 256MB
+max_wal_size = 4GB
+max_connections = 50";
 
-    let database = FreshDatabase::create("q").await?;
-    let loading = Instant::now();
-    load(&database.url, steps).await?;
-    println!(
-        "loaded {} rows in {:.0} s",
-        steps * PODS,
-        loading.elapsed().as_secs_f64()
-    );
+/// The machine's load averages, for the report (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
 
-    let pool = queries::pool(&database.url, 4, &Default::default()).map_err(anyhow::Error::msg)?;
-    let api = ApiState {
-        pool,
-        storage: SharedStorage::default(),
-        max_limit: 1000,
-        max_range: chrono::Duration::hours(168),
-        max_buckets: 11_000,
-        max_samples: 50_000_000,
+/// A database on the bench's server, migrated by the service: a hypertable where made by
+/// `postgres`, a plain table where made by a role that may create tables but not the
+/// extension (no CREATE on the database: the migration then keeps a plain table, as on a
+/// server without TimescaleDB).
+async fn database(server: &pg::OwnPostgres, hypertable: bool) -> anyhow::Result<String> {
+    let name = if hypertable {
+        "bench_hypertable"
+    } else {
+        "bench_plain"
     };
-    let state = AppState::new(Arc::new(Stats::default()), api, Access::new(None, false));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let server = actix_web::HttpServer::new(move || http::app(state.clone()))
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    let panopticon = format!("http://127.0.0.1:{port}/prometheus");
-    let prom = prometheus.url.clone();
+    server.psql("postgres", &format!("CREATE DATABASE {name}"));
+    let owner = if hypertable {
+        "postgres".to_owned()
+    } else {
+        server.psql("postgres", &format!("CREATE ROLE {name} LOGIN"));
+        server.psql(name, &format!("GRANT CREATE ON SCHEMA public TO {name}"));
+        name.to_owned()
+    };
+    let url = format!("postgres://{owner}@127.0.0.1:{}/{name}", server.port());
+    panopticon::db::migrate(&url).await?;
+    let client = panopticon::db::connect(&url, &Default::default()).await?;
+    let storage = panopticon::db::describe_storage(&client).await?;
+    if storage.hypertable != hypertable {
+        bail!(
+            "{name}: wanted hypertable={hypertable}, got {}",
+            storage.description
+        );
+    }
+    println!("{name}: {}", storage.description);
+    Ok(url)
+}
 
-    // No idle connections kept: the service closes one idle for 5 s (actix's keep-alive),
-    // as it is while Prometheus is timed, and a request on it would fail.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let end_of = |step_s: i64| (BASE_MS + DAY_MS) / (step_s * 1000) * (step_s * 1000);
+/// The queries timed: the bench's own four, then the panels of the provisioned dashboard
+/// with every namespace and service; each with its step in seconds.
+fn queries() -> Vec<(String, i64)> {
     let all = r#"{namespace=~".*", service=~".*"}"#;
-    let queries: Vec<(String, i64)> = vec![
+    vec![
         ("avg by (pod) (pod_cpu_usage_percent)".into(), 60),
         (
             "max by (namespace) (avg_over_time(pod_cpu_usage_percent[5m]))".into(),
@@ -349,7 +376,6 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("topk(10, pod_cpu_usage_percent)".into(), 300),
         ("count(pod_cpu_usage_percent > 90)".into(), 60),
-        // The panels of the provisioned dashboard, with every namespace and service.
         (format!("avg by (pod) (pod_cpu_usage_percent{all})"), 60),
         (format!("avg by (pod) (pod_memory_usage_mib{all})"), 60),
         (
@@ -373,14 +399,68 @@ async fn main() -> anyhow::Result<()> {
             60,
         ),
         (format!("count(pod_cpu_usage_percent{all} > 90)"), 60),
-    ];
-    let summaries = panopticon::db::connect(&database.url, &Default::default()).await?;
+    ]
+}
+
+/// Panopticon's HTTP app over one database, on a free port; stopped by its handle.
+fn serve(url: &str) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
+    let pool = queries::pool(url, 4, &Default::default()).map_err(anyhow::Error::msg)?;
+    let api = ApiState {
+        pool,
+        storage: SharedStorage::default(),
+        max_limit: 1000,
+        max_range: chrono::Duration::hours(168),
+        max_buckets: 11_000,
+        max_samples: 50_000_000,
+    };
+    let state = AppState::new(Arc::new(Stats::default()), api, Access::new(None, false));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let server = actix_web::HttpServer::new(move || http::app(state.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok((format!("http://127.0.0.1:{port}/prometheus"), handle))
+}
+
+/// Loads a day into one storage and times every query there and on Prometheus, one after
+/// the other, so that both see the same load.
+async fn compare(
+    client: &reqwest::Client,
+    prom: &str,
+    url: &str,
+    storage: &str,
+    raw_too: bool,
+    filter: Option<&str>,
+) -> anyhow::Result<()> {
+    let steps = DAY_MS / INTERVAL_MS;
+    let loading = Instant::now();
+    load(url, steps).await?;
+    println!(
+        "{storage}: loaded {} rows in {:.0} s",
+        steps * PODS,
+        loading.elapsed().as_secs_f64()
+    );
+    let (panopticon, handle) = serve(url)?;
+    let end_of = |step_s: i64| (BASE_MS + DAY_MS) / (step_s * 1000) * (step_s * 1000);
+    let queries: Vec<(String, i64)> = queries()
+        .into_iter()
+        .filter(|(q, _)| filter.is_none_or(|f| q.contains(f)))
+        .collect();
+    let summaries = panopticon::db::connect(url, &Default::default()).await?;
     summarizer::summarise_through(&summaries, i64::MIN).await?;
     let mut raw = Vec::new();
     for (query, step_s) in &queries {
         let end = end_of(*step_s);
         let start = end - DAY_MS + step_s * 1000;
-        raw.push(timed(&client, &panopticon, query, start, end, *step_s).await);
+        raw.push(if raw_too {
+            Some(timed(client, &panopticon, query, start, end, *step_s).await)
+        } else {
+            None
+        });
     }
     let summarising = Instant::now();
     summarizer::summarise_through(&summaries, i64::MAX).await?;
@@ -388,43 +468,141 @@ async fn main() -> anyhow::Result<()> {
         .batch_execute("VACUUM ANALYZE system_metrics_minutes")
         .await?;
     println!(
-        "summarised {} rows into minutes in {:.0} s",
+        "{storage}: summarised {} rows into minutes in {:.0} s; load average {}",
         steps * PODS,
-        summarising.elapsed().as_secs_f64()
+        summarising.elapsed().as_secs_f64(),
+        load_average()
     );
     println!(
-        "{:<92} {:>5} {:>11} {:>11} {:>11} {:>7} {:>7} agree",
-        "query (24 h of 500 pods)", "step", "raw", "summaries", "Prometheus", "raw/P", "sum/P"
+        "{:<92} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} agree (raw/cold/warm)",
+        format!("query (24 h of 500 pods, {storage})"),
+        "step",
+        "raw",
+        "cold",
+        "warm",
+        "Prometheus",
+        "raw/P",
+        "cold/P",
+        "warm/P"
     );
-    let show = |r: &anyhow::Result<(f64, Answer)>| match r {
-        Ok((ms, _)) => format!("{ms:>9.0}ms"),
-        Err(_) => format!("{:>11}", "refused"),
+    let show = |r: &Option<anyhow::Result<(f64, Answer)>>| match r {
+        Some(Ok((ms, _))) => format!("{ms:>9.0}ms"),
+        Some(Err(_)) => format!("{:>11}", "refused"),
+        None => format!("{:>11}", "-"),
     };
     for ((query, step_s), raw) in queries.iter().zip(raw) {
         let end = end_of(*step_s);
         let start = end - DAY_MS + step_s * 1000;
-        let ours = timed(&client, &panopticon, query, start, end, *step_s).await;
-        let theirs = timed(&client, &prom, query, start, end, *step_s).await?;
-        let ratio = |r: &anyhow::Result<(f64, Answer)>| match r {
-            Ok((ms, _)) => format!("{:>7.2}", ms / theirs.0),
-            Err(_) => format!("{:>7}", "-"),
+        let (cold, cold_answer) =
+            timed_cold(client, &panopticon, &summaries, query, start, end, *step_s).await?;
+        let ours = Some(timed(client, &panopticon, query, start, end, *step_s).await);
+        let theirs = timed(client, prom, query, start, end, *step_s).await?;
+        let ratio = |r: &Option<anyhow::Result<(f64, Answer)>>| match r {
+            Some(Ok((ms, _))) => format!("{:>7.2}", ms / theirs.0),
+            _ => format!("{:>7}", "-"),
         };
-        let agrees = |r: &anyhow::Result<(f64, Answer)>| match r {
-            Ok((_, answer)) => agree(answer, &theirs.1).to_string(),
-            Err(e) => format!("refused: {e}"),
+        let agrees = |r: &Option<anyhow::Result<(f64, Answer)>>| match r {
+            Some(Ok((_, answer))) => agree(answer, &theirs.1).to_string(),
+            Some(Err(e)) => format!("refused: {e}"),
+            None => "-".into(),
         };
         println!(
-            "{query:<92} {step_s:>5} {} {} {:>9.0}ms {} {} {}/{}",
+            "{query:<92} {step_s:>5} {} {cold:>9.0}ms {} {:>9.0}ms {} {:>7.2} {} {}/{}/{}",
             show(&raw),
             show(&ours),
             theirs.0,
             ratio(&raw),
+            cold / theirs.0,
             ratio(&ours),
             agrees(&raw),
+            agree(&cold_answer, &theirs.1),
             agrees(&ours)
         );
     }
     handle.stop(false).await;
+    Ok(())
+}
+
+/// The median of BENCH_RUNS (3) asks, each made cold: every kept hour of summaries is made
+/// stale first (new versions, as a summary pass gives the hours it rewrites), so the
+/// summaries are read from the database again.
+async fn timed_cold(
+    client: &reqwest::Client,
+    base: &str,
+    db: &tokio_postgres::Client,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_s: i64,
+) -> anyhow::Result<(f64, Answer)> {
+    let mut times = Vec::new();
+    let mut answer = Answer::new();
+    for _ in 0..env_usize("BENCH_RUNS", 3).max(1) {
+        db.batch_execute("UPDATE system_metrics_minutes_versions SET version = gen_random_uuid()")
+            .await?;
+        let started = Instant::now();
+        answer = query_range(client, base, query, start_ms, end_ms, step_s).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], answer))
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-queries");
+    std::fs::create_dir_all(&cache)?;
+    println!("load average at the start {}", load_average());
+    let steps = DAY_MS / INTERVAL_MS;
+    let tsdb = tokio::task::spawn_blocking({
+        let cache = cache.clone();
+        move || blocks(&cache, steps)
+    })
+    .await??;
+    let prometheus = start_prometheus(&cache, &tsdb).await?;
+
+    // A server of the bench's own, the same for both storages.
+    let mut server = tokio::task::spawn_blocking(|| {
+        let mut server = pg::OwnPostgres::start();
+        server.configure(SERVER_SETTINGS);
+        server.preload_timescaledb();
+        server
+    })
+    .await?;
+    // No idle connections kept: the service closes one idle for 5 s (actix's keep-alive),
+    // as it is while Prometheus is timed, and a request on it would fail.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let storages = std::env::var("BENCH_STORAGE").unwrap_or_else(|_| "plain,hypertable".into());
+    let raw_too = std::env::var("BENCH_RAW").map_or(true, |v| v != "0");
+    let filter = std::env::var("BENCH_QUERIES").ok();
+    for storage in storages.split(',') {
+        let hypertable = match storage {
+            "plain" => false,
+            "hypertable" => true,
+            other => bail!("BENCH_STORAGE: {other}: plain or hypertable"),
+        };
+        let url = database(&server, hypertable).await?;
+        compare(
+            &client,
+            &prometheus.url,
+            &url,
+            storage,
+            raw_too,
+            filter.as_deref(),
+        )
+        .await?;
+        let name = if hypertable {
+            "bench_hypertable"
+        } else {
+            "bench_plain"
+        };
+        server.psql("postgres", &format!("DROP DATABASE {name} WITH (FORCE)"));
+    }
+    println!("load average at the end {}", load_average());
     drop(prometheus);
-    database.drop_it().await
+    tokio::task::spawn_blocking(move || server.stop()).await?;
+    Ok(())
 }
