@@ -341,6 +341,12 @@ pub struct ApiSettings {
     #[arg(id = "prometheus_max_samples", value_name = "PROMETHEUS_MAX_SAMPLES", long = "prometheus-max-samples", env = "PROMETHEUS_MAX_SAMPLES", default_value_t = 10_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub prometheus_max_samples: u32,
 
+    /// Most MiB of per-minute summaries PromQL keeps in memory between queries, by hour, for
+    /// the next query that reads the same hours (Grafana's refreshes); 0 keeps none. Each
+    /// kept hour is checked, in every query's snapshot, to be what the database holds.
+    #[arg(id = "prometheus_summary_cache_mb", value_name = "PROMETHEUS_SUMMARY_CACHE_MB", long = "prometheus-summary-cache-mb", env = "PROMETHEUS_SUMMARY_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub prometheus_summary_cache_mb: u32,
+
     /// Connections the REST API may hold to the database.
     #[arg(id = "api_db_pool_size", value_name = "API_DB_POOL_SIZE", long = "api-db-pool-size", env = "API_DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub db_pool_size: u32,

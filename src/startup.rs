@@ -81,6 +81,9 @@ impl Application {
         )
         .map_err(|e| StartupError::Config(format!("database pool: {e}")))?;
         let api_storage = SharedStorage::default();
+        crate::promql::store::set_summary_cache_bytes(
+            (api_settings.prometheus_summary_cache_mb as usize) << 20,
+        );
         let api = ApiState {
             pool,
             storage: api_storage.clone(),

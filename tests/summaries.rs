@@ -317,3 +317,146 @@ async fn a_persons_delete_update_or_truncate_keeps_the_summaries_exact() {
         0
     );
 }
+
+/// Each pod's CPU maximum and sample count over `(t - 3 h, t]`, from the raw rows.
+async fn raw_window(db: &TestDatabase, t_ms: i64) -> Vec<(String, f64, f64)> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT pod_name, max(cpu), count(*)::float8 FROM system_metrics
+             WHERE floor(extract(epoch FROM time) * 1000) > $1::int8 - 10800000
+               AND floor(extract(epoch FROM time) * 1000) <= $1::int8
+             GROUP BY pod_name ORDER BY pod_name",
+            &[&t_ms],
+        )
+        .await
+        .expect("raw window");
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The same, as PromQL answers it at `t` (the window holds three whole hours, which the
+/// summaries' cache keeps).
+async fn promql_window(app: &TestApp, t_ms: i64) -> Vec<(String, f64, f64)> {
+    let ask = |function: &str| {
+        let url = app.url(&format!(
+            "/prometheus/api/v1/query?query={function}(pod_cpu_usage_percent[3h])&time={}",
+            t_ms / 1000
+        ));
+        async move {
+            let body: serde_json::Value = reqwest::get(url)
+                .await
+                .expect("query")
+                .json()
+                .await
+                .expect("query JSON");
+            let mut out: Vec<(String, f64)> = body["data"]["result"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"))
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1].as_str().unwrap_or("NaN").parse().unwrap();
+                    (s["metric"]["pod"].as_str().unwrap_or("").to_owned(), value)
+                })
+                .collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        }
+    };
+    let (max, count) = (ask("max_over_time").await, ask("count_over_time").await);
+    assert_eq!(max.len(), count.len());
+    max.into_iter()
+        .zip(count)
+        .map(|((pod, max), (_, count))| (pod, max, count))
+        .collect()
+}
+
+/// Asks twice (the second from the kept hours) and compares both with the raw rows.
+async fn assert_window_exact(app: &TestApp, db: &TestDatabase, t_ms: i64, when: &str) {
+    let raw = raw_window(db, t_ms).await;
+    assert!(!raw.is_empty());
+    for ask in ["first", "second"] {
+        assert_eq!(promql_window(app, t_ms).await, raw, "{when}, {ask} ask");
+    }
+}
+
+#[tokio::test]
+async fn kept_hours_of_summaries_answer_only_while_they_are_what_the_table_holds() {
+    let s = setup().await;
+    let app = TestApp::spawn_consuming(s.env());
+    let now = now_ms();
+    // Evaluated at the next whole hour: the window (t - 3 h, t] is three whole hours, and
+    // the samples (the last 100 minutes) lie in it.
+    let t = (now / 3_600_000 + 1) * 3_600_000;
+    let start = (now / 60_000 - 100) * 60_000;
+    let first = metrics(3, start, start + 90 * 60_000, 60_000);
+    send(&s.topic, &first).await;
+    let mut stored = first.len() as i64;
+    wait_for_rows(&s.db, stored).await;
+    wait_until_summarised(&s.db).await;
+    assert_window_exact(&app, &s.db, t, "summarised").await;
+    let status = app.status().await;
+    assert!(
+        status["summary_cache"]["hours"].as_u64().unwrap_or(0) > 0,
+        "{:#}",
+        status["summary_cache"]
+    );
+
+    // A late sample with a new maximum, in a minute summarised and kept long ago.
+    send(
+        &s.topic,
+        &[(
+            0,
+            guide_message("pod-0", 99.75, 1.0, start + 10 * 60_000 + 500),
+        )],
+    )
+    .await;
+    stored += 1;
+    wait_for_rows(&s.db, stored).await;
+    wait_until_summarised(&s.db).await;
+    assert_window_exact(&app, &s.db, t, "after a late sample").await;
+
+    // A person's DELETE.
+    let client = s.db.client().await;
+    client
+        .execute(
+            &format!(
+                "DELETE FROM system_metrics WHERE pod_name = 'pod-1' AND time < to_timestamp({}::float8 / 1000)",
+                start + 40 * 60_000
+            ),
+            &[],
+        )
+        .await
+        .expect("delete");
+    wait_until_summarised(&s.db).await;
+    assert_window_exact(&app, &s.db, t, "after a DELETE").await;
+
+    // TRUNCATE, then other values at the same times.
+    client
+        .batch_execute("TRUNCATE system_metrics")
+        .await
+        .expect("truncate");
+    let again = metrics(2, start, start + 90 * 60_000, 120_000);
+    send(&s.topic, &again).await;
+    wait_for_rows(&s.db, again.len() as i64).await;
+    wait_until_summarised(&s.db).await;
+    assert_window_exact(&app, &s.db, t, "after a TRUNCATE").await;
+
+    // Another instance on the same database, whose summarizer may be the one to summarise
+    // the next late sample: the kept hours are checked against the database, not against
+    // what this instance did.
+    let _two = TestApp::spawn_consuming(s.env());
+    send(
+        &s.topic,
+        &[(
+            1,
+            guide_message("pod-1", 99.875, 1.0, start + 20 * 60_000 + 500),
+        )],
+    )
+    .await;
+    wait_for_rows(&s.db, again.len() as i64 + 1).await;
+    wait_until_summarised(&s.db).await;
+    assert_window_exact(&app, &s.db, t, "after another instance's pass").await;
+}

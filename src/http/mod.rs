@@ -243,6 +243,7 @@ async fn status(stats: web::Data<Arc<Stats>>) -> HttpResponse {
             })).collect::<Vec<_>>(),
         },
         "summaries": stats.summaries.lock().map(|r| r.clone()).unwrap_or_default(),
+        "summary_cache": crate::promql::store::summary_cache().report(),
         "database": {
             "connected": stats.database_connected.load(Ordering::Relaxed),
             "error": stats.database_error(),

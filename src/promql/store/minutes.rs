@@ -10,9 +10,11 @@
 //! exact, so pending ranges may be merged (few, wide ranges read instead of many narrow).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::cache::{Hour, Row, hour_of};
 use super::{
     Budget, Frames, Metric, PromError, Reader, Scan, Selection, Spans, copy_raw, database_error,
     float_field, int8_field, labels_of, malformed, matches, may_match, pushed,
@@ -167,6 +169,16 @@ async fn read_one(
     }
     let conditions = pushed(&selection.matchers);
     let pending = pending(client, minutes.after_ms(), minutes.last).await?;
+    let fields = fields(&selection.need);
+    let mut columns = vec![
+        "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms".to_owned(),
+    ];
+    for (metric, read) in Metric::ALL.iter().zip(metrics) {
+        if read {
+            columns.extend(fields.iter().map(|f| format!("{}_{f}", metric.column())));
+        }
+    }
+    let columns = columns.join(", ");
     let copy = Copy {
         selection,
         metrics,
@@ -174,34 +186,90 @@ async fn read_one(
         pending: &pending,
         budget,
         conditions: &conditions,
+        fields,
+        read: format!("{columns} | {}", conditions.join(" AND ")).into(),
+        columns,
     };
-    let (mut series, mut index) = match second {
-        Some(second) if minutes.last - minutes.after_ms() >= SPLIT_MS => {
-            let middle = minutes.after_ms()
-                + (minutes.last - minutes.after_ms()) / 2 / MINUTE_MS * MINUTE_MS;
-            let (older, newer) = futures_util::future::try_join(
-                copy.read(second, minutes.after_ms(), middle),
-                copy.read(client, middle, minutes.last),
-            )
-            .await?;
-            let (mut series, mut index) = older;
-            for newer in newer.0 {
-                match index.get(&newer.labels) {
-                    Some(&i) => {
-                        for m in 0..2 {
-                            series[i].parts[m].extend_from_slice(&newer.parts[m]);
-                        }
-                    }
+
+    // Whole hours of a read of every minute may come from the cache, at the version the
+    // snapshot gives them; the hours missing are kept once read.
+    let cache = super::summary_cache();
+    let mut kept: Vec<Arc<Hour>> = Vec::new();
+    let mut fill: HashMap<i64, String> = HashMap::new();
+    let mut ranges = vec![(minutes.after_ms(), minutes.last)];
+    if minutes.contiguous() && cache.enabled() {
+        let whole = whole_hours(minutes.after_ms(), minutes.last);
+        if let (Some(&first), Some(&last)) = (whole.first(), whole.last()) {
+            for (hour, version) in versions(client, first, last).await? {
+                match cache.get(&copy.read, hour, &version) {
+                    Some(found) => kept.push(found),
                     None => {
-                        index.insert(newer.labels.clone(), series.len());
-                        series.push(newer);
+                        fill.insert(hour, version);
                     }
                 }
             }
-            (series, index)
         }
-        _ => copy.read(client, minutes.after_ms(), minutes.last).await?,
+        let mut hours: Vec<i64> = kept.iter().map(|h| h.number).collect();
+        hours.sort_unstable();
+        ranges = without_hours(minutes.after_ms(), minutes.last, &hours);
+    }
+
+    let width = |ranges: &[(i64, i64)]| ranges.iter().map(|(a, b)| b - a).sum::<i64>();
+    let mut read: Vec<Series> = match second {
+        Some(second) if width(&ranges) >= SPLIT_MS => {
+            let (older, newer) = split(&ranges);
+            let (older, newer) = futures_util::future::try_join(
+                copy.read(second, &older, &fill),
+                copy.read(client, &newer, &fill),
+            )
+            .await?;
+            vec![older, newer]
+        }
+        _ if ranges.is_empty() => Vec::new(),
+        _ => vec![copy.read(client, &ranges, &fill).await?],
     };
+    // Each read kept what it read of every hour to fill: the hours split between the two
+    // reads are kept whole, both halves joined.
+    let mut filled: HashMap<i64, Hour> = HashMap::new();
+    for got in &mut read {
+        for (number, hour) in got.filled.drain() {
+            match filled.get_mut(&number) {
+                Some(have) => have.absorb(hour),
+                None => {
+                    filled.insert(number, hour);
+                }
+            }
+        }
+    }
+    for (number, hour) in filled {
+        if let Some(version) = fill.get(&number) {
+            cache.put(&copy.read, number, version, hour);
+        }
+    }
+    if !kept.is_empty() {
+        let mut rows = SummaryRows::new(&copy, None);
+        for hour in &kept {
+            rows.hour(hour)?;
+        }
+        read.push(rows.finish());
+    }
+    let mut series: Vec<Parts> = Vec::new();
+    let mut index: HashMap<[String; 4], usize> = HashMap::new();
+    for got in read {
+        for more in got.series {
+            match index.get(&more.labels) {
+                Some(&i) => {
+                    for m in 0..2 {
+                        series[i].parts[m].extend_from_slice(&more.parts[m]);
+                    }
+                }
+                None => {
+                    index.insert(more.labels.clone(), series.len());
+                    series.push(more);
+                }
+            }
+        }
+    }
 
     // The raw samples of the pending minutes.
     if !pending.is_empty() {
@@ -267,6 +335,82 @@ async fn read_one(
     Ok(Answer::from_parts(&selection.need, out))
 }
 
+/// The length of an hour of summaries, in Unix milliseconds.
+pub(super) const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// The hours whose every minute lies in `(from, to]` (minute ends).
+fn whole_hours(from_ms: i64, to_ms: i64) -> Vec<i64> {
+    let first = hour_of(from_ms + MINUTE_MS);
+    let first = if first * HOUR_MS < from_ms {
+        first + 1
+    } else {
+        first
+    };
+    let last = hour_of(to_ms);
+    let last = if (last + 1) * HOUR_MS > to_ms {
+        last - 1
+    } else {
+        last
+    };
+    (first..=last).collect()
+}
+
+/// The minutes of `(from, to]` but those of `hours` (ascending), as ranges `(a, b]`.
+fn without_hours(from_ms: i64, to_ms: i64, hours: &[i64]) -> Vec<(i64, i64)> {
+    let mut ranges = Vec::new();
+    let mut at = from_ms;
+    for &hour in hours {
+        if hour * HOUR_MS > at {
+            ranges.push((at, hour * HOUR_MS));
+        }
+        at = at.max((hour + 1) * HOUR_MS);
+    }
+    if at < to_ms {
+        ranges.push((at, to_ms));
+    }
+    ranges
+}
+
+/// Ranges `(a, b]` of minute ends, ascending.
+type Ranges = Vec<(i64, i64)>;
+
+/// Ranges `(a, b]` of minute ends cut in two halves of about the same width, on a minute.
+fn split(ranges: &[(i64, i64)]) -> (Ranges, Ranges) {
+    let total: i64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let mut left = total / 2 / MINUTE_MS * MINUTE_MS;
+    let (mut older, mut newer) = (Vec::new(), Vec::new());
+    for &(a, b) in ranges {
+        if left <= 0 {
+            newer.push((a, b));
+        } else if b - a <= left {
+            older.push((a, b));
+            left -= b - a;
+        } else {
+            older.push((a, a + left));
+            newer.push((a + left, b));
+            left = 0;
+        }
+    }
+    (older, newer)
+}
+
+/// The versions of the hours `first..=last` that have one, in the reader's snapshot.
+async fn versions(
+    client: &tokio_postgres::Client,
+    first: i64,
+    last: i64,
+) -> Result<Vec<(i64, String)>, PromError> {
+    let rows = client
+        .query(
+            "SELECT hour, version::text FROM system_metrics_minutes_versions \
+             WHERE hour >= $1::int8 AND hour <= $2::int8",
+            &[&first, &last],
+        )
+        .await
+        .map_err(|e| database_error(&e))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// The summary fields a need reads of each metric.
 fn fields(need: &Need) -> &'static [&'static str] {
     match need {
@@ -291,23 +435,34 @@ struct Copy<'a> {
     pending: &'a [(i64, i64)],
     budget: &'a Budget,
     conditions: &'a [String],
+    fields: &'static [&'static str],
+    /// The columns read.
+    columns: String,
+    /// What is read, columns and conditions: the cache keeps hours by it.
+    read: Arc<str>,
 }
 
-type Series = (Vec<Parts>, HashMap<[String; 4], usize>);
+/// The series one read made, and the hours it was asked to keep.
+struct Series {
+    series: Vec<Parts>,
+    filled: HashMap<i64, Hour>,
+}
 
 impl Copy<'_> {
-    /// Reads the summaries of the minutes in `(from, to]` (minute ends).
+    /// Reads the summaries of the minutes in each `(from, to]` (minute ends) of `ranges`,
+    /// keeping aside every row of the hours `fill` names.
     async fn read(
         &self,
         client: &tokio_postgres::Client,
-        from_ms: i64,
-        to_ms: i64,
+        ranges: &[(i64, i64)],
+        fill: &HashMap<i64, String>,
     ) -> Result<Series, PromError> {
         let minutes = self.minutes;
-        let mut sql_conditions = vec![
-            format!("minute_ms > {from_ms}"),
-            format!("minute_ms <= {to_ms}"),
-        ];
+        let within: Vec<String> = ranges
+            .iter()
+            .map(|(from_ms, to_ms)| format!("(minute_ms > {from_ms} AND minute_ms <= {to_ms})"))
+            .collect();
+        let mut sql_conditions = vec![format!("({})", within.join(" OR "))];
         if !minutes.contiguous() {
             sql_conditions.push(format!(
                 "(({} - minute_ms) % {step} + {step}) % {step} < {}",
@@ -317,78 +472,188 @@ impl Copy<'_> {
             ));
         }
         sql_conditions.extend(self.conditions.iter().cloned());
-        let fields = fields(&self.selection.need);
-        let mut columns = vec![
-            "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms".to_owned(),
-        ];
-        for (metric, read) in Metric::ALL.iter().zip(self.metrics) {
-            if read {
-                columns.extend(fields.iter().map(|f| format!("{}_{f}", metric.column())));
-            }
-        }
         let sql = format!(
             "COPY (SELECT {} FROM system_metrics_minutes WHERE {}) TO STDOUT (FORMAT binary)",
-            columns.join(", "),
+            self.columns,
             sql_conditions.join(" AND ")
         );
         let stream = client
             .copy_out(&sql)
             .await
             .map_err(|e| database_error(&e))?;
-        let mut series = Vec::new();
-        let mut index = HashMap::new();
-        let mut rows = SummaryRows {
-            copy: self,
-            fields,
-            keys: HashMap::new(),
-            series: &mut series,
-            index: &mut index,
-        };
-        let read = self.metrics.iter().filter(|m| **m).count();
-        let mut frames = Frames::new(7 + read * fields.len());
+        let mut rows = SummaryRows::new(self, Some(fill));
+        let mut frames = Frames::new(7 + rows.stride);
         let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
         while let Some(chunk) = stream.next().await {
             frames.feed(&chunk?, &mut |data, spans| rows.row(data, spans))?;
         }
         frames.finish()?;
-        Ok((series, index))
+        Ok(rows.finish())
     }
+}
+
+/// An hour being kept aside as it is read.
+struct Filling {
+    hour: Hour,
+    /// The place in `hour.series` of each series of the read, by its place in `seen`.
+    series_at: Vec<u32>,
 }
 
 /// Summary rows turned into parts as they arrive.
 struct SummaryRows<'a> {
     copy: &'a Copy<'a>,
-    fields: &'static [&'static str],
-    /// Each series by the raw bytes of its label fields, with which metrics it keeps.
-    keys: HashMap<Box<[u8]>, (usize, [bool; 2])>,
-    series: &'a mut Vec<Parts>,
-    index: &'a mut HashMap<[String; 4], usize>,
+    /// The fields read of each row: those of the need for each metric read.
+    stride: usize,
+    /// Each series by the raw bytes of its label fields: its place in `seen`.
+    keys: HashMap<Box<[u8]>, usize>,
+    /// The series in order of first appearance: the raw bytes of their label fields, their
+    /// place in `series` and which metrics the selection keeps.
+    seen: Vec<(Box<[u8]>, usize, [bool; 2])>,
+    /// The place in `seen` of the previous row's series. The summarizer writes a pass's rows
+    /// series by series, each pass in the same order of series, so a row is most often of
+    /// the previous row's series or of the one seen after it; comparing its bytes to theirs
+    /// costs less than hashing them.
+    last: usize,
+    series: Vec<Parts>,
+    index: HashMap<[String; 4], usize>,
+    /// The hours kept aside, by number.
+    filling: HashMap<i64, Filling>,
 }
 
-impl SummaryRows<'_> {
+impl<'a> SummaryRows<'a> {
+    fn new(copy: &'a Copy<'a>, fill: Option<&HashMap<i64, String>>) -> SummaryRows<'a> {
+        let stride = copy.metrics.iter().filter(|m| **m).count() * copy.fields.len();
+        let filling = fill
+            .into_iter()
+            .flatten()
+            .map(|(&number, _)| {
+                let hour = Hour {
+                    number,
+                    stride,
+                    ..Hour::default()
+                };
+                (
+                    number,
+                    Filling {
+                        hour,
+                        series_at: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        SummaryRows {
+            copy,
+            stride,
+            keys: HashMap::new(),
+            seen: Vec::new(),
+            last: usize::MAX,
+            series: Vec::new(),
+            index: HashMap::new(),
+            filling,
+        }
+    }
+
     /// One row: minute_ms, the four label columns, samples, last_ms, then the fields read of
     /// each metric read.
     fn row(&mut self, data: &[u8], spans: &Spans) -> Result<(), PromError> {
         let minute_ms = int8_field(data, spans[0])?;
+        let key = &data[spans[1].0 - 4..spans[5].0 - 4];
+        let seen = self.seen_of(key, || super::label_values(data, spans))?;
+        let count = int8_field(data, spans[5])? as f64;
+        let last_ms = int8_field(data, spans[6])?;
+        let mut values = [0.0; 2];
+        for (i, value) in values.iter_mut().take(self.stride).enumerate() {
+            *value = float_field(data, spans[7 + i])?;
+        }
+        let values = &values[..self.stride];
+        if !self.filling.is_empty()
+            && let Some(filling) = self.filling.get_mut(&hour_of(minute_ms))
+        {
+            if filling.series_at.len() <= seen {
+                filling.series_at.resize(seen + 1, u32::MAX);
+            }
+            if filling.series_at[seen] == u32::MAX {
+                filling.series_at[seen] = filling.hour.series.len() as u32;
+                let (key, at, _) = &self.seen[seen];
+                let labels = self.series[*at].labels.clone();
+                filling.hour.series.push((key.clone(), labels));
+            }
+            filling.hour.rows.push(Row {
+                series: filling.series_at[seen],
+                minute_ms,
+                count,
+                last_ms,
+            });
+            filling.hour.values.extend_from_slice(values);
+        }
+        self.take(seen, minute_ms, count, last_ms, values)
+    }
+
+    /// The rows of a kept hour.
+    fn hour(&mut self, hour: &Hour) -> Result<(), PromError> {
+        for (i, row) in hour.rows.iter().enumerate() {
+            let (key, labels) = &hour.series[row.series as usize];
+            let seen = self.seen_of(key, || Ok(labels.clone()))?;
+            self.take(
+                seen,
+                row.minute_ms,
+                row.count,
+                row.last_ms,
+                hour.values_of(i),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The place in `seen` of the series of a row's label bytes, made when first seen.
+    fn seen_of(
+        &mut self,
+        key: &[u8],
+        labels: impl FnOnce() -> Result<[String; 4], PromError>,
+    ) -> Result<usize, PromError> {
+        let same = |i: usize| {
+            self.seen
+                .get(i)
+                .is_some_and(|(bytes, _, _)| **bytes == *key)
+        };
+        let seen = if same(self.last) {
+            self.last
+        } else if same(self.last.wrapping_add(1)) {
+            self.last.wrapping_add(1)
+        } else {
+            match self.keys.get(key) {
+                Some(&found) => found,
+                None => {
+                    let (at, keep) = self.series_of(labels()?);
+                    self.keys.insert(key.into(), self.seen.len());
+                    self.seen.push((key.into(), at, keep));
+                    self.seen.len() - 1
+                }
+            }
+        };
+        self.last = seen;
+        Ok(seen)
+    }
+
+    /// Adds a row of the series `seen` to its parts, if the query reads its minute and the
+    /// minute is not pending.
+    fn take(
+        &mut self,
+        seen: usize,
+        minute_ms: i64,
+        count: f64,
+        last_ms: i64,
+        values: &[f64],
+    ) -> Result<(), PromError> {
         if !self.copy.minutes.contains(minute_ms) || is_pending(self.copy.pending, minute_ms) {
             return Ok(());
         }
-        let key = &data[spans[1].0 - 4..spans[5].0 - 4];
-        let (at, keep) = match self.keys.get(key) {
-            Some(&found) => found,
-            None => {
-                let found = self.series_of(data, spans)?;
-                self.keys.insert(key.into(), found);
-                found
-            }
-        };
+        let (_, at, keep) = self.seen[seen];
         if !keep[0] && !keep[1] {
             return Ok(());
         }
-        let count = int8_field(data, spans[5])? as f64;
-        let last_ms = int8_field(data, spans[6])?;
         let mut kept = 0;
-        let mut column = 7;
+        let mut column = 0;
         for (m, read) in self.copy.metrics.into_iter().enumerate() {
             if !read {
                 continue;
@@ -402,8 +667,8 @@ impl SummaryRows<'_> {
                 sum: f64::NAN,
                 last_ms,
             };
-            for field in self.fields {
-                let value = float_field(data, spans[column])?;
+            for field in self.copy.fields {
+                let value = values[column];
                 column += 1;
                 match *field {
                     "first" => summary.first = value,
@@ -422,8 +687,7 @@ impl SummaryRows<'_> {
     }
 
     /// The series of a row's labels, and which of its metrics the selection keeps.
-    fn series_of(&mut self, data: &[u8], spans: &Spans) -> Result<(usize, [bool; 2]), PromError> {
-        let labels = super::label_values(data, spans)?;
+    fn series_of(&mut self, labels: [String; 4]) -> (usize, [bool; 2]) {
         let keep = Metric::ALL.map(|metric| {
             self.copy.metrics[super::metric_index(metric)]
                 && matches(&self.copy.selection.matchers, &labels_of(metric, &labels))
@@ -439,6 +703,38 @@ impl SummaryRows<'_> {
                 self.series.len() - 1
             }
         };
-        Ok((at, keep))
+        (at, keep)
+    }
+
+    fn finish(self) -> Series {
+        Series {
+            series: self.series,
+            filled: self
+                .filling
+                .into_iter()
+                .map(|(number, filling)| (number, filling.hour))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_hours_are_those_inside_and_the_rest_is_read() {
+        let h = HOUR_MS;
+        assert_eq!(whole_hours(0, 3 * h), vec![0, 1, 2]);
+        assert_eq!(whole_hours(60_000, 3 * h - 60_000), vec![1]);
+        assert!(whole_hours(60_000, h).is_empty());
+        assert_eq!(
+            without_hours(60_000, 3 * h + 60_000, &[1]),
+            vec![(60_000, h), (2 * h, 3 * h + 60_000)]
+        );
+        assert_eq!(without_hours(0, 2 * h, &[0, 1]), vec![]);
+        let (older, newer) = split(&[(0, 2 * h), (3 * h, 4 * h)]);
+        assert_eq!(older, vec![(0, 3 * h / 2)]);
+        assert_eq!(newer, vec![(3 * h / 2, 2 * h), (3 * h, 4 * h)]);
     }
 }
