@@ -11,7 +11,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::domain::ValidMetric;
-use crate::offsets::OffsetAdvance;
+use crate::offsets::{OffsetAdvance, StoredOffset};
 
 use super::offsets::{OffsetScope, stored_offset};
 use super::{DbError, Timeouts, connect, summaries, within};
@@ -38,9 +38,9 @@ impl<T> AsMetric for (ValidMetric, T) {
 pub enum WriteOutcome {
     /// Committed; `inserted` rows were new, the rest were already stored.
     Stored { inserted: u64 },
-    /// Nothing committed: the stored offset of `partition` was not the expected one but
-    /// `stored`.
-    Fenced { partition: i32, stored: Option<i64> },
+    /// Nothing committed: the stored offset of a partition was not the expected one but
+    /// this.
+    Fenced(StoredOffset),
 }
 
 const STAGING_TABLE: &str = "CREATE TEMP TABLE incoming_metrics
@@ -319,10 +319,7 @@ impl Writer {
             let stored = self
                 .round_trip("the offset lookup", stored_offset(client, scope, *fenced))
                 .await?;
-            return Ok(WriteOutcome::Fenced {
-                partition: *fenced,
-                stored,
-            });
+            return Ok(WriteOutcome::Fenced(stored));
         }
         Ok(WriteOutcome::Stored { inserted })
     }
