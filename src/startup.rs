@@ -24,7 +24,7 @@ use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::db::queries::{self, SharedStorage};
+use crate::db::queries::SharedStorage;
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
 use crate::http::AppState;
@@ -181,7 +181,7 @@ async fn start_pipeline(
     // Where a retention job drops old chunks, a metric older than its window would be stored,
     // acknowledged, then deleted: the validator rejects it instead.
     let max_age_ms = match settings.timescale.retention.0 {
-        Some(seconds) if storage.hypertable => Some(seconds.saturating_mul(1000)),
+        Some(seconds) if storage.is_hypertable() => Some(seconds.saturating_mul(1000)),
         _ => None,
     };
     if let Ok(mut slot) = stats.max_age_ms.lock() {
@@ -316,70 +316,34 @@ async fn connect_database(
     let url = &settings.database.url;
     let timeouts = db::Timeouts::from(&settings.database);
     let mut retry = Retry::new("database");
-    loop {
-        let attempt = async {
-            db::migrate(url).await?;
-            let client = db::connect(url, &timeouts).await?;
-            // Bounded: it waits for the lifecycle's advisory lock, which another instance
-            // may hold.
-            db::within(
-                timeouts.statement,
-                "the TimescaleDB check",
-                db::timescale::adopt(&client),
-            )
-            .await?;
-            let storage = db::within(
-                timeouts.statement,
-                "the storage check",
-                db::describe_storage(&client),
-            )
-            .await?;
-            Ok::<_, db::DbError>((client, storage))
-        };
-        match attempt.await {
-            Ok((client, storage)) => {
-                log::info!(
-                    "database connected url={} storage={}",
-                    redact_url(url),
-                    storage.description
-                );
-                api_storage.set(if storage.hypertable {
-                    // Bounded as above; the connection is given up right after either way.
-                    let lifecycle = tokio::time::timeout(
-                        timeouts.statement,
-                        db::timescale::apply(
-                            &client,
-                            settings.timescale.chunk_interval_secs,
-                            settings.timescale.compress_after,
-                            settings.timescale.retention,
-                        ),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        log::warn!(
-                            "TimescaleDB lifecycle skipped: the database did not answer within {} ms",
-                            timeouts.statement.as_millis()
-                        );
-                        db::timescale::Lifecycle::default()
-                    });
-                    queries::Storage::Hypertable {
-                        minute_aggregate: lifecycle.continuous_aggregate,
-                    }
-                } else {
-                    queries::Storage::Table
-                });
-                if let Ok(mut slot) = stats.storage.lock() {
-                    *slot = Some(storage.description.clone());
-                }
-                stats.set_database_error(None);
-                return storage;
-            }
+    let (client, found) = loop {
+        match db::prepare(url, &timeouts).await {
+            Ok(prepared) => break prepared,
             Err(e) => {
                 stats.set_database_error(Some(e.to_string()));
                 retry.failed(&e.to_string()).await;
             }
         }
+    };
+    log::info!(
+        "database connected url={} storage={}",
+        redact_url(url),
+        found.description
+    );
+    // The connection is given up right after.
+    let storage = db::timescale::set_up(
+        &client,
+        found.storage,
+        &settings.timescale,
+        timeouts.statement,
+    )
+    .await;
+    api_storage.set(storage);
+    if let Ok(mut slot) = stats.storage.lock() {
+        *slot = Some(found.description);
     }
+    stats.set_database_error(None);
+    storage
 }
 
 /// Creates the dead-letter topic where it is missing, as Kafka Connect does: without it the

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use actix_web::test;
 use common::*;
-use panopticon::db::queries::{self, SharedStorage, Storage};
+use panopticon::db::Storage;
+use panopticon::db::queries::{self, SharedStorage};
 use panopticon::http::api::ApiState;
 use panopticon::http::auth::Access;
 use panopticon::http::{self, AppState};
