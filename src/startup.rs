@@ -12,17 +12,14 @@ use actix::dev::channel::{self, AddressReceiver};
 use actix::prelude::*;
 use actix_web::HttpServer;
 use actix_web::dev::Server;
-use rdkafka::consumer::Consumer;
 
 use crate::actors::batch_writer::{self, BatchWriter};
-use crate::actors::kafka_consumer::{
-    self, ConsumerEvents, ConsumerOutput, KafkaConsumer, MetricsConsumer,
-};
+use crate::actors::kafka_consumer::{self, ConsumerEvents, ConsumerOutput, KafkaConsumer};
 use crate::actors::messages::Stop;
 use crate::actors::summarizer;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::config::Settings;
 use crate::db::queries::SharedStorage;
 use crate::db::{self, OffsetScope};
@@ -219,8 +216,12 @@ async fn start_pipeline(
         writers.clone(),
         stats.clone(),
     );
-    let consumer = connect_kafka(settings, events, &stats).await?;
-    ensure_dead_letter_topic(settings, stats.clone()).await;
+    let consumer = kafka_consumer::create_consumer(kafka, events)
+        .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
+    let consumer = kafka_consumer::wait_for_broker(consumer, kafka, &stats)
+        .await
+        .map_err(StartupError::Runtime)?;
+    dead_letter::ensure_topic_at_start(kafka, stats.clone()).await;
     let dead_letters = DeadLetters::new(kafka)
         .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
@@ -344,147 +345,4 @@ async fn connect_database(
     }
     stats.set_database_error(None);
     storage
-}
-
-/// Creates the dead-letter topic where it is missing, as Kafka Connect does: without it the
-/// first invalid message would hold its partition. Where the broker refuses, says so in one
-/// ERROR line, keeps `/ready` at 503 and tries again in the background until the topic exists.
-async fn ensure_dead_letter_topic(settings: &Settings, stats: Arc<Stats>) {
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("client.id", "panopticon-admin");
-    settings.kafka.security.apply(&mut config);
-    crate::kafka_security::bound_network(&mut config, settings.kafka.socket_timeout_ms);
-    let topic = settings.kafka.dlq_topic.clone();
-    let partitions = settings.kafka.dlq_partitions;
-    let error = match dead_letter::ensure_topic(&config, &topic, partitions).await {
-        Ok(created) => {
-            if created {
-                log::info!("created dead-letter topic topic={topic} partitions={partitions}");
-            }
-            return;
-        }
-        Err(e) => e,
-    };
-    log::error!(
-        "dead-letter topic {topic} is missing and cannot be created ({error}); create it \
-         (kafka-topics.sh --create --topic {topic} --partitions {partitions}) or allow this client to create topics: \
-         until then a partition holding an invalid message waits and /ready answers 503"
-    );
-    stats.set_dead_letter_topic_error(Some(format!(
-        "dead-letter topic {topic} is missing and cannot be created: {error}"
-    )));
-    actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(DEAD_LETTER_TOPIC_RECHECK);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if stats.dead_letter_topic_error().is_none() {
-                return;
-            }
-            if let Ok(created) = dead_letter::ensure_topic(&config, &topic, partitions).await {
-                if created {
-                    log::info!("created dead-letter topic topic={topic} partitions={partitions}");
-                } else {
-                    log::info!("dead-letter topic {topic} exists now");
-                }
-                stats.set_dead_letter_topic_error(None);
-                return;
-            }
-        }
-    });
-}
-
-/// How often a dead-letter topic that could not be created is looked for again.
-const DEAD_LETTER_TOPIC_RECHECK: Duration = Duration::from_secs(15);
-
-/// Creates the consumer and waits until a broker answers.
-async fn connect_kafka(
-    settings: &Settings,
-    events: ConsumerEvents,
-    stats: &Stats,
-) -> Result<MetricsConsumer, StartupError> {
-    let consumer = Arc::new(
-        kafka_consumer::create_consumer(&settings.kafka, events)
-            .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?,
-    );
-    let mut retry = Retry::new("Kafka broker");
-    let topic = settings.kafka.topic.clone();
-    loop {
-        let probe = consumer.clone();
-        let probe_topic = topic.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            probe.fetch_metadata(Some(&probe_topic), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| StartupError::Runtime(e.to_string()))?;
-        match answer {
-            Ok(metadata) => {
-                stats.set_kafka_error(None);
-                let missing = metadata.topics().iter().any(|t| {
-                    t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
-                });
-                if missing {
-                    log::warn!("topic {topic} does not exist yet; consuming it once it is created");
-                }
-                break;
-            }
-            Err(e) => {
-                // librdkafka's own account of the failure (TLS, SASL) waits in the consumer's
-                // queue, where polling hands it to the consumer's log callback; it says more
-                // than the metadata request's error. Nothing is subscribed yet: no record
-                // can come.
-                let drain = async {
-                    loop {
-                        let _ = consumer.recv().await;
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
-                let cause = match stats.kafka_error() {
-                    Some(reason) => settings.kafka.security.explain(&reason),
-                    None => e.to_string(),
-                };
-                let error = format!("brokers {}: {cause}", settings.kafka.brokers);
-                retry.failed(&error).await
-            }
-        }
-    }
-    Arc::try_unwrap(consumer)
-        .map_err(|_| StartupError::Runtime("Kafka consumer still shared after the probe".into()))
-}
-
-/// Capped exponential backoff for start-up connections, logging without repeating itself.
-struct Retry {
-    what: &'static str,
-    backoff: Backoff,
-    last_logged: Option<(String, std::time::Instant)>,
-}
-
-impl Retry {
-    fn new(what: &'static str) -> Retry {
-        Retry {
-            what,
-            backoff: Backoff::new(Duration::from_millis(1000), Duration::from_secs(30)),
-            last_logged: None,
-        }
-    }
-
-    async fn failed(&mut self, error: &str) {
-        let delay = self.backoff.next_delay();
-        let repeat = self
-            .last_logged
-            .as_ref()
-            .is_some_and(|(last, at)| last == error && at.elapsed() < Duration::from_secs(60));
-        if !repeat {
-            log::error!(
-                "{} unreachable: {error}; retrying in {} s (attempt {})",
-                self.what,
-                delay.as_secs_f32(),
-                self.backoff.failures()
-            );
-            self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
-        }
-        tokio::time::sleep(delay).await;
-    }
 }
