@@ -15,7 +15,7 @@ use actix_web::dev::Server;
 
 use crate::actors::batch_writer::{self, BatchWriter};
 use crate::actors::kafka_consumer::{self, ConsumerEvents, ConsumerOutput, KafkaConsumer};
-use crate::actors::messages::Stop;
+use crate::actors::messages::{OffsetsStored, Stop};
 use crate::actors::summarizer;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
@@ -175,12 +175,8 @@ async fn start_pipeline(
     api_storage: &SharedStorage,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
     let storage = connect_database(settings, &stats, api_storage).await;
-    // Where a retention job drops old chunks, a metric older than its window would be stored,
-    // acknowledged, then deleted: the validator rejects it instead.
-    let max_age_ms = match settings.timescale.retention.0 {
-        Some(seconds) if storage.is_hypertable() => Some(seconds.saturating_mul(1000)),
-        _ => None,
-    };
+    // A metric the retention job would delete once stored is rejected instead.
+    let max_age_ms = db::timescale::retention_ms(storage, &settings.timescale);
     if let Ok(mut slot) = stats.max_age_ms.lock() {
         *slot = max_age_ms;
     }
@@ -189,23 +185,7 @@ async fn start_pipeline(
         group: kafka.group_id.clone(),
         topic: kafka.topic.clone(),
     };
-    // Each writer gets a thread of its own, with its database connection: its round trips to
-    // the database are then never queued behind parsing on the consumer's thread, nor behind
-    // another writer's.
-    let unstarted: Vec<Unstarted<BatchWriter>> = (0..settings.batching.connections)
-        .map(|_| Unstarted::new())
-        .collect();
-    let writers = Arc::new(Writers::new(
-        unstarted
-            .iter()
-            .map(|writer| WriterInbox {
-                chunks: writer.address().recipient(),
-                rebalanced: writer.address().recipient(),
-                flush: writer.address().recipient(),
-                stats: stats.add_connection(),
-            })
-            .collect(),
-    ));
+    let writers = UnstartedWriters::new(settings.batching.connections, &stats);
     let events = ConsumerEvents::new(
         kafka,
         Box::new(db::OffsetReader {
@@ -213,7 +193,7 @@ async fn start_pipeline(
             timeouts: db::Timeouts::from(&settings.database),
             scope: scope.clone(),
         }),
-        writers.clone(),
+        writers.destination.clone(),
         stats.clone(),
     );
     let consumer = kafka_consumer::create_consumer(kafka, events)
@@ -226,29 +206,8 @@ async fn start_pipeline(
         .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
     let consumer_context = Context::<KafkaConsumer>::new();
-    let metric_log = Arc::new(std::sync::Mutex::new(LogLimit::new(
-        "[METRIC] lines",
-        settings.batching.metric_log_max_per_sec,
-    )));
-    for (index, writer) in unstarted.into_iter().enumerate() {
-        let actor = BatchWriter::new(
-            &settings.batching,
-            batch_writer::Wiring {
-                target: batch_writer::Target {
-                    url: settings.database.url.clone(),
-                    timeouts: db::Timeouts::from(&settings.database),
-                    scope: scope.clone(),
-                },
-                on_stored: consumer_context.address().recipient(),
-                dead_letters: dead_letters.clone(),
-                metric_log: metric_log.clone(),
-                stats: stats.clone(),
-                connection: writers.inbox(index).stats.clone(),
-            },
-        );
-        let thread = Arbiter::new();
-        writer.start_in(&thread.handle(), actor);
-    }
+    let on_stored = consumer_context.address().recipient();
+    let writers = writers.start(settings, scope, on_stored, &dead_letters, &stats);
     // Off the write path, on a connection of its own.
     summarizer::start(
         settings.database.url.clone(),
@@ -263,17 +222,79 @@ async fn start_pipeline(
         stats.clone(),
     )
     .start();
-    let consumer = KafkaConsumer::new(
-        consumer,
-        kafka,
-        ConsumerOutput {
-            chunks: validator.clone().recipient(),
-            drain: validator.recipient(),
-        },
-        stats.clone(),
-    )
-    .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?;
+    let output = ConsumerOutput {
+        chunks: validator.clone().recipient(),
+        drain: validator.recipient(),
+    };
+    let consumer = KafkaConsumer::new(consumer, kafka, output, stats.clone())
+        .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?;
     Ok(consumer_context.run(consumer))
+}
+
+/// The batch writers before they start, one per writer connection: their addresses, which
+/// the consumer's rebalance callback is given before the consumer exists, and the one
+/// destination they make.
+struct UnstartedWriters {
+    each: Vec<Unstarted<BatchWriter>>,
+    destination: Arc<Writers>,
+}
+
+impl UnstartedWriters {
+    fn new(connections: u32, stats: &Stats) -> UnstartedWriters {
+        let each: Vec<Unstarted<BatchWriter>> =
+            (0..connections).map(|_| Unstarted::new()).collect();
+        let inboxes = each
+            .iter()
+            .map(|writer| WriterInbox {
+                chunks: writer.address().recipient(),
+                rebalanced: writer.address().recipient(),
+                flush: writer.address().recipient(),
+                stats: stats.add_connection(),
+            })
+            .collect();
+        UnstartedWriters {
+            each,
+            destination: Arc::new(Writers::new(inboxes)),
+        }
+    }
+
+    /// Starts each writer on a thread of its own, with its database connection: its round
+    /// trips to the database are then never queued behind parsing on the consumer's thread,
+    /// nor behind another writer's. Answers with their destination.
+    fn start(
+        self,
+        settings: &Settings,
+        scope: OffsetScope,
+        on_stored: Recipient<OffsetsStored>,
+        dead_letters: &DeadLetters,
+        stats: &Arc<Stats>,
+    ) -> Arc<Writers> {
+        // One budget of `[METRIC]` lines for all writers.
+        let metric_log = Arc::new(std::sync::Mutex::new(LogLimit::new(
+            "[METRIC] lines",
+            settings.batching.metric_log_max_per_sec,
+        )));
+        for (index, writer) in self.each.into_iter().enumerate() {
+            let wiring = batch_writer::Wiring {
+                target: batch_writer::Target {
+                    url: settings.database.url.clone(),
+                    timeouts: db::Timeouts::from(&settings.database),
+                    scope: scope.clone(),
+                },
+                on_stored: on_stored.clone(),
+                dead_letters: dead_letters.clone(),
+                metric_log: metric_log.clone(),
+                stats: stats.clone(),
+                connection: self.destination.inbox(index).stats.clone(),
+            };
+            let thread = Arbiter::new();
+            writer.start_in(
+                &thread.handle(),
+                BatchWriter::new(&settings.batching, wiring),
+            );
+        }
+        self.destination
+    }
 }
 
 /// An actor's address before the actor exists: what is sent to it waits in its mailbox.

@@ -199,6 +199,15 @@ pub(crate) async fn set_up(
     }
 }
 
+/// The age past which a metric would be stored, acknowledged, then deleted by the retention
+/// job, which drops whole chunks older than its window: `None` where no job runs.
+pub(crate) fn retention_ms(storage: Storage, settings: &TimescaleSettings) -> Option<i64> {
+    match settings.retention.0 {
+        Some(seconds) if storage.is_hypertable() => Some(seconds.saturating_mul(1000)),
+        _ => None,
+    }
+}
+
 /// Applies the policies. Safe to run from several instances at once (advisory lock) and
 /// again at every start (each step replaces what the previous start left).
 async fn apply(client: &Client, settings: &TimescaleSettings) -> Lifecycle {
