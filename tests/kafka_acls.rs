@@ -387,6 +387,12 @@ async fn without_read_on_the_topic_one_line_names_the_acl_and_ready_is_503_until
         &format!("--topic {topic}"),
     )
     .await;
+    // The broker hides the topic from a principal without Describe: no line says it is missing.
+    assert!(
+        app.lines_containing("does not exist yet").is_empty(),
+        "{:#?}",
+        app.lines()
+    );
     drop(app);
 
     // Nothing on the group: the line names the group.
