@@ -60,7 +60,9 @@ impl Ctx {
         if let Some(m) = modifier
             && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
         {
-            return Err(PromError::unsupported("fill values of a vector match"));
+            return Err(PromError::unsupported(
+                "the experimental fill modifiers of a vector match (fill, fill_left, fill_right)",
+            ));
         }
         let return_bool = modifier.is_some_and(|m| m.return_bool);
         let l = self.eval(&b.lhs, steps)?;
