@@ -827,6 +827,14 @@ async fn labels_values_metadata_and_buildinfo() {
             r#"pod_memory_usage_mib{node="n2"}"#,
             vec!["a-3", "b-1"],
         ),
+        (
+            "pod",
+            r#"{pod=~"a-.*", namespace!="two"}"#,
+            vec!["a-1", "a-2"],
+        ),
+        // RE2 classes, matched as Prometheus matches them.
+        ("pod", r#"{pod=~"\\w-1"}"#, vec!["a-1", "b-1", "c-1"]),
+        ("__name__", r#"{__name__=~".*mib", pod="a-1"}"#, vec![MEM]),
         ("__name__", "", vec![CPU, MEM]),
         ("job", "", vec!["panopticon"]),
         ("nonexistent", "", vec![]),

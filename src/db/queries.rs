@@ -135,7 +135,6 @@ pub(crate) enum Bind {
     Text(String),
     Time(DateTime<Utc>),
     BigInt(i64),
-    Double(f64),
 }
 
 /// The values bound to a statement's placeholders. Each value is added where its placeholder
@@ -180,7 +179,6 @@ impl Params {
             Bind::Text(v) => query.bind::<Text, _>(v),
             Bind::Time(v) => query.bind::<Timestamptz, _>(v),
             Bind::BigInt(v) => query.bind::<BigInt, _>(v),
-            Bind::Double(v) => query.bind::<Double, _>(v),
         })
     }
 }
