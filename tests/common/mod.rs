@@ -30,7 +30,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 pub const PARTITIONS: i32 = 3;
 
 /// The broker the tests of this process share, and the cluster it runs in unless
-/// `PANOPTICON_TEST_BROKERS` named one of somebody else's.
+/// `PANOPTICON_TEST_BROKERS` named one of somebody else's. No test stops or freezes it: every
+/// test of the process depends on it.
 struct SharedBroker {
     bootstrap: String,
     cluster: Option<Mutex<kafka::KafkaCluster>>,
@@ -59,16 +60,6 @@ fn shared_broker() -> &'static SharedBroker {
 /// The broker all tests of this process share; each test uses topics and a group of its own.
 pub fn broker() -> &'static str {
     &shared_broker().bootstrap
-}
-
-/// Runs `f` on the shared cluster; a broker named by `PANOPTICON_TEST_BROKERS` is not ours to
-/// stop or freeze.
-pub fn with_shared_cluster<T>(f: impl FnOnce(&mut kafka::KafkaCluster) -> T) -> T {
-    let cluster = shared_broker()
-        .cluster
-        .as_ref()
-        .expect("this test freezes or stops the broker: unset PANOPTICON_TEST_BROKERS");
-    f(&mut cluster.lock().unwrap())
 }
 
 /// Runs a watchdog shell script in the background, its output discarded: it ends a server of
@@ -558,17 +549,4 @@ pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<St
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-}
-
-/// Sends a signal (`STOP`, `CONT`) to the shared broker.
-pub fn signal_broker(signal: &str) {
-    with_shared_cluster(|cluster| {
-        let pid = cluster.pid(0).expect("the shared broker runs");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
-    })
 }
