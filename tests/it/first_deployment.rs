@@ -7,7 +7,7 @@
 //! The TimescaleDB cases run on a server of the test's own where the extension is installed,
 //! and say that they were skipped where it is not.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

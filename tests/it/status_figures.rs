@@ -1,7 +1,7 @@
 //! The figures `/status` and `/metrics` show together agree with each other: the binary against
 //! a real broker and a fresh database, read the moment the records are committed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

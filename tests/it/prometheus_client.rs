@@ -3,7 +3,7 @@
 //! against [`panopticon::http::app`] served on a free port over a seeded database, by GET
 //! and by POST.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

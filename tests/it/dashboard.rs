@@ -4,7 +4,7 @@
 //! browser's own prompt sends it, it must see no console error, page error or failed request,
 //! must show the pods stored through the pipeline, and must see its stats refresh.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! refuses a batch's offset update, neither Kafka's committed offsets nor `/status` move past
 //! what the database holds.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

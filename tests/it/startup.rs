@@ -1,6 +1,6 @@
 //! Start-up behaviour: malformed settings, unreachable dependencies, probes, the demo.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! producer's, the service's own or both, the service must store every metric exactly once,
 //! count each repeat the topic holds as a skipped duplicate, and dead-letter nothing.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Black-box tests of the ingest pipeline: the `panopticon` binary against a real
 //! Kafka-protocol broker and a fresh PostgreSQL database per test.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

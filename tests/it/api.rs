@@ -2,7 +2,7 @@
 //! [`panopticon::http::app`] over a fresh migrated database seeded with known rows; and
 //! `/status` and `/metrics` of the running binary, fed through the pipeline by a real broker.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

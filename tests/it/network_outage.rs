@@ -5,7 +5,7 @@
 //! The service must notice within its configured timeouts, say so on `/ready`, reconnect, and
 //! store every metric exactly once.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

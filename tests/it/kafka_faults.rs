@@ -12,7 +12,7 @@
 //! Each test runs a cluster of its own for a minute or more; all but the first are `#[ignore]`d
 //! to keep the suite short (`cargo test --test kafka_faults -- --include-ignored` runs them).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! session timeout: 30 s on the classic protocol, the broker's 45 s on the consumer protocol),
 //! and every metric is stored exactly once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

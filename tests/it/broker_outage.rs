@@ -3,7 +3,7 @@
 //! skipping, as duplicates, the repeats the producer's retries put in the topic. The test freezes
 //! a broker of its own, not the one the other tests share.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,9 +8,8 @@
 //! a few hundred strings at the query endpoints: each must get an answer or a JSON error,
 //! never a 500.
 
-mod common;
-#[path = "promql_differential/summarizer.rs"]
-mod summarizer;
+use crate::common;
+use crate::promql_differential::summarizer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

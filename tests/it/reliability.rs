@@ -3,7 +3,7 @@
 //! exact counts: rows stored = valid metrics produced, no duplicates, every invalid message in
 //! the dead-letter topic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
