@@ -62,6 +62,16 @@ pub fn broker() -> &'static str {
     &shared_broker().bootstrap
 }
 
+/// Held by the tests that inject a fault and then wait, with deadlines, for the service to
+/// recover (a frozen or killed broker, a proxy swallowing bytes): all tests share one process,
+/// and two outages at once would compete for a busy machine's cores and stretch each other's
+/// recoveries. One such test runs at a time, beside at most one ordinary test of libtest's other
+/// thread. A tokio mutex, which a failing test does not poison.
+pub async fn one_fault_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    FAULTS.lock().await
+}
+
 /// Runs a watchdog shell script in the background, its output discarded: it ends a server of
 /// the test's own once the test process is gone, since statics are never dropped.
 pub fn spawn_watchdog(script: &str) {
@@ -173,6 +183,31 @@ pub async fn produce_all(
     for result in futures_util::future::join_all(sends).await {
         result.map_err(|(e, _)| e).expect("produce");
     }
+}
+
+/// What the HTTP handlers get in the service (`Application::build`), for tests that serve the
+/// API in-process over the database at `url`: the REST caps at their defaults
+/// (`API_MAX_LIMIT` 1000, `API_MAX_RANGE_HOURS` 168, `API_MAX_BUCKETS` 5000), at most
+/// `max_samples` samples per PromQL query, and no token.
+pub fn app_state(
+    url: &str,
+    storage: panopticon::db::queries::SharedStorage,
+    max_samples: u32,
+) -> panopticon::http::AppState {
+    let pool = panopticon::db::queries::pool(url, 2, &Default::default()).expect("pool");
+    let api = panopticon::http::api::ApiState {
+        pool,
+        storage,
+        max_limit: 1000,
+        max_range: chrono::Duration::hours(168),
+        max_buckets: 5000,
+        max_samples,
+    };
+    panopticon::http::AppState::new(
+        Arc::new(panopticon::stats::Stats::default()),
+        api,
+        panopticon::http::auth::Access::new(None, false),
+    )
 }
 
 /// A database of the test's own, dropped when the test ends.

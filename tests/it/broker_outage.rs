@@ -44,6 +44,7 @@ async fn produce_range(client: ClientConfig, topic: &str, from: usize, to: usize
 
 #[tokio::test]
 async fn a_broker_outage_is_ridden_out_without_loss_or_duplicates() {
+    let _alone = one_fault_at_a_time().await;
     let cluster = KafkaCluster::start(ClusterOptions::default()).expect("start Apache Kafka");
     let topic = unique("metrics");
     create_topic_with(&client(&cluster), &topic).await;

@@ -523,6 +523,7 @@ impl Fault {
 /// Runs `fault` on the cluster (on a thread of its own) once [`BEFORE_FAULT`] rows are
 /// stored, prints its timings, then checks that every metric is stored once.
 async fn ride_out(fault: Fault) {
+    let _alone = one_fault_at_a_time().await;
     let (cluster, setup) = setup().await;
     let setup = Arc::new(setup);
     let mark = Arc::new(FaultMark::new());

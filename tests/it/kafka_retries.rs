@@ -139,6 +139,7 @@ async fn wait_until(
 }
 
 async fn answers_lost(disturbed: Disturbed) {
+    let _alone = one_fault_at_a_time().await;
     // Arrange: a node whose proxied listener advertises the proxy, so that a client
     // bootstrapping from the proxy keeps coming back through it.
     let proxied_port = free_port();
