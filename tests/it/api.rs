@@ -4,15 +4,10 @@
 
 use crate::common;
 
-use std::sync::Arc;
-
 use actix_web::test;
 use common::*;
-use panopticon::db::queries::{self, SharedStorage, Storage};
-use panopticon::http::api::ApiState;
-use panopticon::http::auth::Access;
+use panopticon::db::queries::{SharedStorage, Storage};
 use panopticon::http::{self, AppState};
-use panopticon::stats::Stats;
 use serde_json::Value;
 
 /// The HTTP surface over a database with the schema migrated and a known set of rows.
@@ -28,16 +23,7 @@ struct Seeded {
 /// What the handlers get in the service, over the database at `url`, with the default caps
 /// (`API_MAX_LIMIT`, `API_MAX_RANGE_HOURS`, `API_MAX_BUCKETS`) and no token.
 fn state(url: &str, storage: &SharedStorage) -> AppState {
-    let pool = queries::pool(url, 2, &Default::default()).expect("pool");
-    let api = ApiState {
-        pool,
-        storage: storage.clone(),
-        max_limit: 1000,
-        max_range: chrono::Duration::hours(168),
-        max_buckets: 5000,
-        max_samples: 1_000_000,
-    };
-    AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
+    app_state(url, storage.clone(), 1_000_000)
 }
 
 /// Rows: pods a-1, a-2 (service alpha, ns one, node n1) and b-1 (service beta, ns two, node

@@ -12,15 +12,11 @@ use crate::common;
 use crate::promql_differential::summarizer;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use actix_web::test;
 use common::*;
-use panopticon::db::queries::{self, SharedStorage};
-use panopticon::http::api::ApiState;
-use panopticon::http::auth::Access;
+use panopticon::db::queries::SharedStorage;
 use panopticon::http::{self, AppState};
-use panopticon::stats::Stats;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -115,16 +111,7 @@ struct Seeded {
 }
 
 fn state_with(url: &str, max_samples: u32) -> AppState {
-    let pool = queries::pool(url, 2, &Default::default()).expect("pool");
-    let api = ApiState {
-        pool,
-        storage: SharedStorage::default(),
-        max_limit: 1000,
-        max_range: chrono::Duration::hours(168),
-        max_buckets: 5000,
-        max_samples,
-    };
-    AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
+    app_state(url, SharedStorage::default(), max_samples)
 }
 
 async fn seeded() -> Seeded {
