@@ -10,7 +10,7 @@
 //! the fault began: rows already in flight at the fault do not count.
 //!
 //! Each test runs a cluster of its own for a minute or more; all but the first are `#[ignore]`d
-//! to keep the suite short (`cargo test --test kafka_faults -- --include-ignored` runs them).
+//! to keep the suite short (`cargo test --test it -- --include-ignored kafka_faults::` runs them).
 
 use crate::common;
 
