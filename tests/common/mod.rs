@@ -288,12 +288,17 @@ pub struct Setup {
 }
 
 pub async fn setup() -> Setup {
+    setup_on(TestDatabase::create().await).await
+}
+
+/// [`setup`] over `db`, e.g. a database on a PostgreSQL server of the test's own.
+pub async fn setup_on(db: TestDatabase) -> Setup {
     let topic = unique("metrics");
     create_topic(&topic).await;
     Setup {
         group: unique("group"),
         topic,
-        db: TestDatabase::create().await,
+        db,
     }
 }
 

@@ -395,10 +395,8 @@ async fn openapi_documents_every_endpoint() {
 
 #[tokio::test]
 async fn prometheus_and_status_report_the_pipeline() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let Setup { topic, group, db } = setup().await;
+    let app = TestApp::spawn_consuming(service_env(&topic, &group, &db));
     let payloads: Vec<Vec<u8>> = (0..20)
         .map(|i| guide_message(&format!("pod-{i}"), 1.0, 2.0, now_ms()))
         .collect();

@@ -13,11 +13,9 @@ use common::*;
 
 #[tokio::test]
 async fn the_dashboard_shows_stored_pods_and_live_stats_in_chromium() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
+    let Setup { topic, group, db } = setup().await;
     let token = "br0wser-T0ken";
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let mut env = service_env(&topic, &group, &db);
     env.insert("HTTP_AUTH_TOKEN".into(), token.into());
     let app = TestApp::spawn_consuming(env);
     let pods = ["dash-pod-1", "dash-pod-2", "dash-pod-3"];
