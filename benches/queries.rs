@@ -36,7 +36,7 @@ use serde_json::Value;
 
 mod support;
 use support::{FreshDatabase, env_usize};
-#[path = "../tests/promql_differential/summarizer.rs"]
+#[path = "../tests/it/promql_differential/summarizer.rs"]
 mod summarizer;
 
 const PODS: i64 = 500;

@@ -7,11 +7,11 @@
 //! The TimescaleDB cases run on a server of the test's own where the extension is installed,
 //! and say that they were skipped where it is not.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::pg::{OwnPostgres, timescaledb_installed};
+use common::pg::{OwnPostgres, skip_without_timescaledb};
 use common::{TestApp, TestDatabase};
 
 /// The advisory lock under which instances adopt TimescaleDB and set up its lifecycle
@@ -106,8 +106,7 @@ async fn metrics_older_than_the_retention_window_are_rejected_where_retention_de
     assert!(app.status().await["validator"]["retention_window"].is_null());
     drop(app);
 
-    if !timescaledb_installed() {
-        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+    if skip_without_timescaledb("the hypertable case") {
         return;
     }
     let mut pg = OwnPostgres::start();
@@ -163,8 +162,7 @@ async fn metrics_older_than_the_retention_window_are_rejected_where_retention_de
 /// for another instance's lock to convert is bounded by the statement timeout.
 #[tokio::test]
 async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_how_to_fix_it() {
-    if !timescaledb_installed() {
-        eprintln!("TimescaleDB is not installed: skipped");
+    if skip_without_timescaledb("the whole test") {
         return;
     }
     let mut pg = OwnPostgres::start();
@@ -266,8 +264,7 @@ async fn timescaledb_installed_but_not_preloaded_leaves_a_plain_table_and_says_h
 async fn series_buckets_start_at_the_same_times_on_both_storages() {
     let main = TestDatabase::create().await;
     check_bucket_origin(&main, "plain PostgreSQL").await;
-    if !timescaledb_installed() {
-        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+    if skip_without_timescaledb("the hypertable case") {
         return;
     }
     let mut pg = OwnPostgres::start();
@@ -347,8 +344,7 @@ async fn the_chunk_interval_setting_sets_the_span_of_new_chunks() {
     assert!(app.lines_containing("chunk interval").is_empty());
     drop(app);
 
-    if !timescaledb_installed() {
-        eprintln!("TimescaleDB is not installed: the hypertable case is skipped");
+    if skip_without_timescaledb("the hypertable case") {
         return;
     }
     let mut pg = OwnPostgres::start();

@@ -1,16 +1,35 @@
 //! A broker that stops answering mid-ingestion (frozen, as behind a network partition) and comes
 //! back: the service keeps running, reconnects and resumes, storing each metric once and
-//! skipping, as duplicates, the repeats the producer's retries put in the topic. In a
-//! file of its own because it freezes the broker its test process shares.
+//! skipping, as duplicates, the repeats the producer's retries put in the topic. The test freezes
+//! a broker of its own, not the one the other tests share.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use common::kafka::{ClusterOptions, KafkaCluster};
 use common::*;
+use rdkafka::config::ClientConfig;
 
-async fn produce_range(topic: &str, from: usize, to: usize, base: i64) {
-    let producer = producer();
+fn client(cluster: &KafkaCluster) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", cluster.bootstrap());
+    client
+}
+
+/// Sends a signal (`STOP`, `CONT`) to the broker, and fails unless it was delivered.
+fn signal_broker(cluster: &KafkaCluster, signal: &str) {
+    let pid = cluster.pid(0).expect("the broker runs");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+async fn produce_range(client: ClientConfig, topic: &str, from: usize, to: usize, base: i64) {
+    let producer = producer_on(client);
     let payloads: Vec<(i32, Vec<u8>)> = (from..to)
         .map(|i| {
             let partition = (i % PARTITIONS as usize) as i32;
@@ -25,12 +44,16 @@ async fn produce_range(topic: &str, from: usize, to: usize, base: i64) {
 
 #[tokio::test]
 async fn a_broker_outage_is_ridden_out_without_loss_or_duplicates() {
+    let _alone = one_fault_at_a_time().await;
+    let cluster = KafkaCluster::start(ClusterOptions::default()).expect("start Apache Kafka");
     let topic = unique("metrics");
-    create_topic(&topic).await;
+    create_topic_with(&client(&cluster), &topic).await;
     let db = TestDatabase::create().await;
-    let mut app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let mut env = service_env(&topic, &unique("group"), &db);
+    env.insert("KAFKA_BROKERS".into(), cluster.bootstrap());
+    let mut app = TestApp::spawn_consuming(env);
     let base = now_ms() - 3_600_000;
-    produce_range(&topic, 0, 3000, base).await;
+    produce_range(client(&cluster), &topic, 0, 3000, base).await;
     assert_eq!(
         wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3000).await,
         3000
@@ -39,13 +62,14 @@ async fn a_broker_outage_is_ridden_out_without_loss_or_duplicates() {
     // Metrics produced while the broker is down arrive once it is back.
     let late = {
         let topic = topic.clone();
-        tokio::spawn(async move { produce_range(&topic, 3000, 6000, base).await })
+        let client = client(&cluster);
+        tokio::spawn(async move { produce_range(client, &topic, 3000, 6000, base).await })
     };
-    signal_broker("STOP");
+    signal_broker(&cluster, "STOP");
     tokio::time::sleep(Duration::from_secs(12)).await;
     let health = reqwest::get(app.url("/health")).await.unwrap();
     assert_eq!(health.status(), 200, "the service runs through the outage");
-    signal_broker("CONT");
+    signal_broker(&cluster, "CONT");
     late.await.unwrap();
 
     let stored = wait_for_count(&db, "SELECT count(*) FROM system_metrics", 6000).await;
@@ -54,7 +78,7 @@ async fn a_broker_outage_is_ridden_out_without_loss_or_duplicates() {
     assert_eq!(db.count("SELECT count(*) FROM system_metrics").await, 6000);
     // The producer's requests stuck in the frozen broker may be retried, so the topic can hold
     // a metric twice: every message the topic holds is consumed, the repeats skipped as such.
-    let held = consume_all(&topic, 6000).await.len() as i64;
+    let held = consume_all_on(client(&cluster), &topic, 6000).await.len() as i64;
     assert_eq!(
         db.count("SELECT sum(next_offset)::int8 FROM kafka_offsets")
             .await,

@@ -5,7 +5,7 @@
 //! The service must notice within its configured timeouts, say so on `/ready`, reconnect, and
 //! store every metric exactly once.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -102,6 +102,7 @@ async fn wait_not_ready(app: &TestApp, within: Duration) -> String {
 
 #[tokio::test]
 async fn a_database_that_stops_answering_is_given_up_and_reconnected_without_loss_or_duplicates() {
+    let _alone = one_fault_at_a_time().await;
     let topic = unique("metrics");
     create_topic(&topic).await;
     let db = TestDatabase::create().await;
@@ -188,6 +189,7 @@ fn broker_behind(port: u16, advertised: &str) -> common::kafka::KafkaCluster {
 
 #[tokio::test]
 async fn a_broker_that_stops_answering_is_reconnected_without_loss_or_duplicates() {
+    let _alone = one_fault_at_a_time().await;
     // A broker of the test's own, advertising the proxy: every client's connections, the
     // service's and the producer's, go through it.
     let broker_port = free_port();

@@ -2,7 +2,7 @@
 //! errors (one line, exit code 2); secrets may come from files (`*_FILE`), not both ways; and
 //! no secret shows in a log line, `/status`, `/metrics`, `/ready`, an error or `--help`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,18 +2,13 @@
 //! [`panopticon::http::app`] over a fresh migrated database seeded with known rows; and
 //! `/status` and `/metrics` of the running binary, fed through the pipeline by a real broker.
 
-mod common;
-
-use std::sync::Arc;
+use crate::common;
 
 use actix_web::test;
 use common::*;
 use panopticon::db::Storage;
-use panopticon::db::queries::{self, SharedStorage};
-use panopticon::http::api::ApiState;
-use panopticon::http::auth::Access;
+use panopticon::db::queries::SharedStorage;
 use panopticon::http::{self, AppState};
-use panopticon::stats::Stats;
 use serde_json::Value;
 
 /// The HTTP surface over a database with the schema migrated and a known set of rows.
@@ -29,16 +24,7 @@ struct Seeded {
 /// What the handlers get in the service, over the database at `url`, with the default caps
 /// (`API_MAX_LIMIT`, `API_MAX_RANGE_HOURS`, `API_MAX_BUCKETS`) and no token.
 fn state(url: &str, storage: &SharedStorage) -> AppState {
-    let pool = queries::pool(url, 2, &Default::default()).expect("pool");
-    let api = ApiState {
-        pool,
-        storage: storage.clone(),
-        max_limit: 1000,
-        max_range: chrono::Duration::hours(168),
-        max_buckets: 5000,
-        max_samples: 1_000_000,
-    };
-    AppState::new(Arc::new(Stats::default()), api, Access::new(None, false))
+    app_state(url, storage.clone(), 1_000_000)
 }
 
 /// Rows: pods a-1, a-2 (service alpha, ns one, node n1) and b-1 (service beta, ns two, node
@@ -410,10 +396,8 @@ async fn openapi_documents_every_endpoint() {
 
 #[tokio::test]
 async fn prometheus_and_status_report_the_pipeline() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let Setup { topic, group, db } = setup().await;
+    let app = TestApp::spawn_consuming(service_env(&topic, &group, &db));
     let payloads: Vec<Vec<u8>> = (0..20)
         .map(|i| guide_message(&format!("pod-{i}"), 1.0, 2.0, now_ms()))
         .collect();

@@ -5,7 +5,7 @@
 //! password read from `KAFKA_SASL_PASSWORD_FILE` or `KAFKA_SASL_PASSWORD`; a wrong password
 //! gives one clear line and `/ready` 503, and the password shows nowhere.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

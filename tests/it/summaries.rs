@@ -4,7 +4,7 @@
 //! `TEST_DATABASE_URL` names: a plain table on PostgreSQL, a hypertable where TimescaleDB is
 //! preloaded (2.26 keeps the statement triggers there too).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The test harness's own PostgreSQL server: what is committed survives a crash, what is not
 //! committed does not, and the server takes writes again after crash recovery.
 
-mod common;
+use crate::common;
 
 use common::pg::OwnPostgres;
 

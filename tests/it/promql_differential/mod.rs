@@ -24,13 +24,12 @@
 //! test fails saying so. `PROMQL_DIFF_ONLY=text` compares only the constructs or expressions
 //! containing `text`.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 mod compare;
 mod data;
 mod exprs;
 mod summaries;
-mod summarizer;
+pub mod summarizer;
 
 use std::time::Duration;
 

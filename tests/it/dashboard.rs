@@ -4,7 +4,7 @@
 //! browser's own prompt sends it, it must see no console error, page error or failed request,
 //! must show the pods stored through the pipeline, and must see its stats refresh.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,11 +13,9 @@ use common::*;
 
 #[tokio::test]
 async fn the_dashboard_shows_stored_pods_and_live_stats_in_chromium() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
+    let Setup { topic, group, db } = setup().await;
     let token = "br0wser-T0ken";
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let mut env = service_env(&topic, &group, &db);
     env.insert("HTTP_AUTH_TOKEN".into(), token.into());
     let app = TestApp::spawn_consuming(env);
     let pods = ["dash-pod-1", "dash-pod-2", "dash-pod-3"];

@@ -5,7 +5,7 @@
 //! listener (`ssl.client.auth=required`) the service stores metrics with its client
 //! certificate and key, and without them says so in one line and in `/ready`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! producer's, the service's own or both, the service must store every metric exactly once,
 //! count each repeat the topic holds as a skipped duplicate, and dead-letter nothing.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -139,6 +139,7 @@ async fn wait_until(
 }
 
 async fn answers_lost(disturbed: Disturbed) {
+    let _alone = one_fault_at_a_time().await;
     // Arrange: a node whose proxied listener advertises the proxy, so that a client
     // bootstrapping from the proxy keeps coming back through it.
     let proxied_port = free_port();

@@ -1,7 +1,7 @@
 //! Black-box tests of the ingest pipeline: the `panopticon` binary against a real
 //! Kafka-protocol broker and a fresh PostgreSQL database per test.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -157,42 +157,28 @@ async fn every_fixture_behaves_as_described() {
             "{}",
             fixture.case
         );
-        assert_eq!(
-            row.get::<_, String>(1),
-            expected["service"].as_str().unwrap(),
-            "{}",
-            fixture.case
-        );
-        assert_eq!(
-            row.get::<_, String>(2),
-            expected["pod_name"].as_str().unwrap(),
-            "{}",
-            fixture.case
-        );
-        assert_eq!(
-            row.get::<_, String>(3),
-            expected["namespace"].as_str().unwrap(),
-            "{}",
-            fixture.case
-        );
-        assert_eq!(
-            row.get::<_, String>(4),
-            expected["node_name"].as_str().unwrap(),
-            "{}",
-            fixture.case
-        );
-        assert_eq!(
-            row.get::<_, f64>(5),
-            expected["cpu"].as_f64().unwrap(),
-            "{}",
-            fixture.case
-        );
-        assert_eq!(
-            row.get::<_, f64>(6),
-            expected["memory"].as_f64().unwrap(),
-            "{}",
-            fixture.case
-        );
+        // The columns after `time`, in the query's order, each against the fixture's field.
+        for (column, field) in [
+            (1, "service"),
+            (2, "pod_name"),
+            (3, "namespace"),
+            (4, "node_name"),
+        ] {
+            assert_eq!(
+                row.get::<_, String>(column),
+                expected[field].as_str().unwrap(),
+                "{} {field}",
+                fixture.case
+            );
+        }
+        for (column, field) in [(5, "cpu"), (6, "memory")] {
+            assert_eq!(
+                row.get::<_, f64>(column),
+                expected[field].as_f64().unwrap(),
+                "{} {field}",
+                fixture.case
+            );
+        }
     }
 
     let status = app.status().await;

@@ -1,7 +1,7 @@
 //! The figures `/status` and `/metrics` show together agree with each other: the binary against
 //! a real broker and a fresh database, read the moment the records are committed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
@@ -92,10 +92,8 @@ fn assert_consistent(
 
 #[tokio::test]
 async fn the_watermark_is_never_behind_the_committed_offset() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let Setup { topic, group, db } = setup().await;
+    let app = TestApp::spawn_consuming(service_env(&topic, &group, &db));
     let producer = producer();
     let mut sent = [0i64; PARTITIONS as usize];
 

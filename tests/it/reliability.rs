@@ -3,7 +3,7 @@
 //! exact counts: rows stored = valid metrics produced, no duplicates, every invalid message in
 //! the dead-letter topic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -58,20 +58,6 @@ async fn produce_steadily(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     invalid
-}
-
-struct Setup {
-    topic: String,
-    group: String,
-}
-
-async fn setup() -> Setup {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    Setup {
-        topic,
-        group: unique("group"),
-    }
 }
 
 /// The distinct valid metrics the topic holds, read back from the broker: what the service
@@ -140,8 +126,8 @@ async fn assert_exactly_from(db: &TestDatabase, expected: i64, topic: Option<&st
 #[tokio::test]
 async fn the_same_metric_delivered_twice_is_stored_once() {
     let s = setup().await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&s.topic, &s.group, &db));
+    let db = &s.db;
+    let app = TestApp::spawn_consuming(service_env(&s.topic, &s.group, db));
     let ts = now_ms();
     let message = guide_message("retried-pod", 12.0, 34.0, ts);
     produce(
@@ -159,7 +145,7 @@ async fn the_same_metric_delivered_twice_is_stored_once() {
     )
     .await;
 
-    assert_exactly(&db, 2).await;
+    assert_exactly(db, 2).await;
     let status = app.status().await;
     assert_eq!(status["writer"]["duplicates_skipped"], 2, "{status:#}");
     assert_eq!(
@@ -172,8 +158,8 @@ async fn the_same_metric_delivered_twice_is_stored_once() {
 #[tokio::test]
 async fn invalid_messages_are_dead_lettered_with_key_payload_and_reason() {
     let s = setup().await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&s.topic, &s.group, &db));
+    let db = &s.db;
+    let app = TestApp::spawn_consuming(service_env(&s.topic, &s.group, db));
     let producer = producer();
     let invalid: Vec<(&str, Vec<u8>)> = vec![
         ("k-json", b"{\"cpu\":".to_vec()),
@@ -201,7 +187,7 @@ async fn invalid_messages_are_dead_lettered_with_key_payload_and_reason() {
     )
     .await;
 
-    assert_exactly(&db, 1).await;
+    assert_exactly(db, 1).await;
     let letters = consume_all(&format!("{}.dlq", s.topic), 3).await;
     assert_eq!(letters.len(), 3, "each invalid message dead-lettered once");
     let by_key: HashMap<String, _> = letters
@@ -249,8 +235,8 @@ async fn invalid_messages_are_dead_lettered_with_key_payload_and_reason() {
 #[tokio::test]
 async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() {
     let s = setup().await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&s.topic, &s.group, &db);
+    let db = &s.db;
+    let mut env = service_env(&s.topic, &s.group, db);
     env.insert("BATCH_MAX_WAIT_MS".into(), "1000".into());
     let app = TestApp::spawn_consuming(env);
     // A rule of this database's own that the validator knows nothing of.
@@ -272,7 +258,7 @@ async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() {
         .collect();
     produce(&producer(), &s.topic, 0, &payloads).await;
 
-    assert_exactly(&db, 97).await;
+    assert_exactly(db, 97).await;
     let letters = consume_all(&format!("{}.dlq", s.topic), 3).await;
     assert_eq!(letters.len(), 3);
     for letter in &letters {
@@ -306,8 +292,8 @@ async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() {
 #[tokio::test]
 async fn sigkill_mid_ingestion_then_restart_stores_each_metric_once() {
     let s = setup().await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&s.topic, &s.group, &db);
+    let db = &s.db;
+    let mut env = service_env(&s.topic, &s.group, db);
     // The killed member holds its partitions until its session expires.
     env.insert(
         "KAFKA_CONSUMER_CONFIG".into(),
@@ -317,14 +303,14 @@ async fn sigkill_mid_ingestion_then_restart_stores_each_metric_once() {
     let base = now_ms() - 3_600_000;
     let producing = tokio::spawn(produce_steadily(s.topic.clone(), 6000, 3000, 500, base));
 
-    wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3000).await;
+    wait_for_count(db, "SELECT count(*) FROM system_metrics", 3000).await;
     app.signal("KILL");
     app.wait_exit(Duration::from_secs(10));
     let _restarted = TestApp::spawn_consuming(env);
     let invalid = producing.await.unwrap();
 
     let expected = valid_in_topic(&s.topic, 6000 * PARTITIONS as usize).await;
-    assert_exactly_from(&db, expected, Some(&s.topic)).await;
+    assert_exactly_from(db, expected, Some(&s.topic)).await;
     assert_eq!(
         db.count("SELECT sum(next_offset)::int8 FROM kafka_offsets")
             .await,
@@ -344,18 +330,18 @@ async fn sigkill_mid_ingestion_then_restart_stores_each_metric_once() {
 
 #[tokio::test]
 async fn a_database_crash_mid_ingestion_loses_and_doubles_nothing() {
-    let s = setup().await;
     let mut pg = tokio::task::spawn_blocking(OwnPostgres::start)
         .await
         .unwrap();
-    let db = TestDatabase::on(&pg.url());
-    let mut env = service_env(&s.topic, &s.group, &db);
+    let s = setup_on(TestDatabase::on(&pg.url())).await;
+    let db = &s.db;
+    let mut env = service_env(&s.topic, &s.group, db);
     env.insert("DATABASE_URL".into(), pg.url());
     let app = TestApp::spawn_consuming(env);
     let base = now_ms() - 3_600_000;
     let producing = tokio::spawn(produce_steadily(s.topic.clone(), 6000, 3000, 1000, base));
 
-    wait_for_count(&db, "SELECT count(*) FROM system_metrics", 3000).await;
+    wait_for_count(db, "SELECT count(*) FROM system_metrics", 3000).await;
     pg = tokio::task::spawn_blocking(move || {
         pg.crash();
         pg
@@ -380,7 +366,7 @@ async fn a_database_crash_mid_ingestion_loses_and_doubles_nothing() {
     let invalid = producing.await.unwrap();
 
     let expected = valid_in_topic(&s.topic, 6000 * PARTITIONS as usize).await;
-    assert_exactly_from(&db, expected, Some(&s.topic)).await;
+    assert_exactly_from(db, expected, Some(&s.topic)).await;
     assert_eq!(
         db.count("SELECT sum(next_offset)::int8 FROM kafka_offsets")
             .await,
@@ -405,8 +391,8 @@ async fn a_database_crash_mid_ingestion_loses_and_doubles_nothing() {
 #[tokio::test]
 async fn a_second_instance_that_joins_and_is_killed_loses_and_doubles_nothing() {
     let s = setup().await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&s.topic, &s.group, &db);
+    let db = &s.db;
+    let mut env = service_env(&s.topic, &s.group, db);
     // A dead member is noticed after this long.
     env.insert(
         "KAFKA_CONSUMER_CONFIG".into(),
@@ -416,7 +402,7 @@ async fn a_second_instance_that_joins_and_is_killed_loses_and_doubles_nothing() 
     let base = now_ms() - 3_600_000;
     let producing = tokio::spawn(produce_steadily(s.topic.clone(), 8000, 2000, 0, base));
 
-    wait_for_count(&db, "SELECT count(*) FROM system_metrics", 2000).await;
+    wait_for_count(db, "SELECT count(*) FROM system_metrics", 2000).await;
     let mut second = TestApp::spawn_consuming(env);
     first
         .wait_for_log("partitions revoked", Duration::from_secs(60))
@@ -437,7 +423,7 @@ async fn a_second_instance_that_joins_and_is_killed_loses_and_doubles_nothing() 
     producing.await.unwrap();
 
     let expected = valid_in_topic(&s.topic, 8000 * PARTITIONS as usize).await;
-    assert_exactly_from(&db, expected, Some(&s.topic)).await;
+    assert_exactly_from(db, expected, Some(&s.topic)).await;
     assert_eq!(
         db.count("SELECT sum(next_offset)::int8 FROM kafka_offsets")
             .await,
@@ -453,7 +439,6 @@ async fn a_second_instance_that_joins_and_is_killed_loses_and_doubles_nothing() 
 
 #[tokio::test]
 async fn insert_revoked_mid_run_pauses_writing_and_loses_nothing() {
-    let s = setup().await;
     let pg = tokio::task::spawn_blocking(OwnPostgres::start)
         .await
         .unwrap();
@@ -462,8 +447,9 @@ async fn insert_revoked_mid_run_pauses_writing_and_loses_nothing() {
         "postgres",
         "CREATE ROLE panopticon LOGIN; ALTER DATABASE panopticon OWNER TO panopticon",
     );
-    let db = TestDatabase::on(&pg.url());
-    let mut env = service_env(&s.topic, &s.group, &db);
+    let s = setup_on(TestDatabase::on(&pg.url())).await;
+    let db = &s.db;
+    let mut env = service_env(&s.topic, &s.group, db);
     env.insert(
         "DATABASE_URL".into(),
         format!("postgres://panopticon@127.0.0.1:{}/panopticon", pg.port()),
@@ -474,7 +460,7 @@ async fn insert_revoked_mid_run_pauses_writing_and_loses_nothing() {
         .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, ts))
         .collect();
     produce(&producer(), &s.topic, 0, &first).await;
-    wait_for_count(&db, "SELECT count(*) FROM system_metrics", 100).await;
+    wait_for_count(db, "SELECT count(*) FROM system_metrics", 100).await;
 
     pg.psql(
         "panopticon",
@@ -494,7 +480,7 @@ async fn insert_revoked_mid_run_pauses_writing_and_loses_nothing() {
     assert_eq!(db.count("SELECT count(*) FROM system_metrics").await, 100);
     pg.psql("panopticon", "GRANT INSERT ON system_metrics TO panopticon");
 
-    assert_exactly(&db, 200).await;
+    assert_exactly(db, 200).await;
     assert_eq!(app.status().await["validator"]["dead_lettered"], 0);
     let out_of_step: Vec<String> = app
         .lines()

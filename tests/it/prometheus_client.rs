@@ -3,17 +3,13 @@
 //! against [`panopticon::http::app`] served on a free port over a seeded database, by GET
 //! and by POST.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use common::*;
-use panopticon::db::queries::{self, SharedStorage};
-use panopticon::http::api::ApiState;
-use panopticon::http::auth::Access;
-use panopticon::http::{self, AppState};
-use panopticon::stats::Stats;
+use panopticon::db::queries::SharedStorage;
+use panopticon::http;
 use serde_json::Value;
 
 const CLIENT: &str = "prometheus-api-client==0.7.2";
@@ -97,16 +93,7 @@ async fn prometheus_api_client_reads_queries_ranges_labels_and_metrics() {
                 .unwrap();
         }
     }
-    let pool = queries::pool(&db.url, 2, &Default::default()).expect("pool");
-    let api = ApiState {
-        pool,
-        storage: SharedStorage::default(),
-        max_limit: 1000,
-        max_range: chrono::Duration::hours(168),
-        max_buckets: 5000,
-        max_samples: 1_000_000,
-    };
-    let state = AppState::new(Arc::new(Stats::default()), api, Access::new(None, false));
+    let state = app_state(&db.url, SharedStorage::default(), 1_000_000);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = actix_web::HttpServer::new(move || http::app(state.clone()))

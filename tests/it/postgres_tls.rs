@@ -4,7 +4,7 @@
 //! stored-offsets lookup, the REST API's pool) must get through; a certificate that does not
 //! verify, and a plaintext connection, must be refused with a reason that says so.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -10,9 +10,9 @@
 //! the fault began: rows already in flight at the fault do not count.
 //!
 //! Each test runs a cluster of its own for a minute or more; all but the first are `#[ignore]`d
-//! to keep the suite short (`cargo test --test kafka_faults -- --include-ignored` runs them).
+//! to keep the suite short (`cargo test --test it -- --include-ignored kafka_faults::` runs them).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -523,6 +523,7 @@ impl Fault {
 /// Runs `fault` on the cluster (on a thread of its own) once [`BEFORE_FAULT`] rows are
 /// stored, prints its timings, then checks that every metric is stored once.
 async fn ride_out(fault: Fault) {
+    let _alone = one_fault_at_a_time().await;
     let (cluster, setup) = setup().await;
     let setup = Arc::new(setup);
     let mark = Arc::new(FaultMark::new());

@@ -2,7 +2,7 @@
 //! refuses a batch's offset update, neither Kafka's committed offsets nor `/status` move past
 //! what the database holds.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -31,10 +31,7 @@ fn committed_in_kafka(topic: &str, group: &str) -> Offset {
 
 #[tokio::test]
 async fn offsets_the_database_refuses_are_committed_neither_to_kafka_nor_in_status() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let group = unique("group");
-    let db = TestDatabase::create().await;
+    let Setup { topic, group, db } = setup().await;
     let mut env = service_env(&topic, &group, &db);
     env.insert("BATCH_MAX_WAIT_MS".into(), "200".into());
     let app = TestApp::spawn_consuming(env);

@@ -106,6 +106,10 @@ async fn summaries_answer_as_raw_samples_do() {
         for (start, end, step) in [
             (300, 6300, 60),
             (600, 6000, 300),
+            // Steps whose own minute is empty for the gap pod and the early pod (at 32 and
+            // 62 minutes) while an earlier minute within the lookback is not.
+            (420, 6120, 300),
+            (360, 6000, 120),
             (307, 6307, 60),
             (330, 6330, 60),
         ] {

@@ -15,7 +15,7 @@
 //! - Without Read on the topic (or anything on it, or on the group), one ERROR line names the
 //!   ACL missing and `/ready` is 503, until it is granted.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! troubleshooting step's `kafka-console-consumer` (ConsoleConsumer) reading the topic and the
 //! dead-letter topic the service made for itself, where an invalid message lands.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! token and as the HTTP Basic password; the probes and `/metrics` answer without it, unless
 //! `METRICS_REQUIRE_AUTH` closes `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! session timeout: 30 s on the classic protocol, the broker's 45 s on the consumer protocol),
 //! and every metric is stored exactly once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -13,10 +13,8 @@ use common::*;
 const METRICS: usize = 20_000;
 
 async fn two_instances_one_killed(protocol: &str) {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let Setup { topic, group, db } = setup().await;
+    let mut env = service_env(&topic, &group, &db);
     env.insert("KAFKA_GROUP_PROTOCOL".into(), protocol.into());
     let first = TestApp::spawn_consuming(env.clone());
     let second = TestApp::spawn_consuming(env);

@@ -1,6 +1,6 @@
 //! Start-up behaviour: malformed settings, unreachable dependencies, probes, the demo.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -154,10 +154,8 @@ async fn an_unreachable_broker_is_named_and_retried_until_it_answers() {
 
 #[tokio::test]
 async fn ready_once_partitions_are_assigned() {
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env(&topic, &unique("group"), &db));
+    let Setup { topic, group, db } = setup().await;
+    let app = TestApp::spawn_consuming(service_env(&topic, &group, &db));
     let status = app.wait_for_status("ready", |s| s["ready"] == true).await;
     assert_eq!(
         status["consumer"]["assigned_partitions"],
