@@ -179,12 +179,12 @@ pub(crate) async fn wait_for_broker(
 /// answers a principal without Describe on the topic that it is not authorized, whether the
 /// topic exists or not: that is a refused ACL, said as one, not a missing topic.
 fn report_topic(consumer: &MetricsConsumer, metadata: &Metadata, topic: &str, stats: &Stats) {
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        log::warn!("topic {topic} does not exist yet; consuming it once it is created");
-        return;
+    let code = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(found) if found.error().is_none() && !found.partitions().is_empty() => return,
+        Some(found) => found.error().map(RDKafkaErrorCode::from),
+        None => None,
     };
-    match found.error().map(RDKafkaErrorCode::from) {
-        None if !found.partitions().is_empty() => {}
+    match code {
         None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
             log::warn!("topic {topic} does not exist yet; consuming it once it is created");
         }
