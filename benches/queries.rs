@@ -40,7 +40,7 @@ use support::env_usize;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
-#[path = "../tests/promql_differential/summarizer.rs"]
+#[path = "../tests/it/promql_differential/summarizer.rs"]
 mod summarizer;
 
 /// For `pg`: a port free when asked.

@@ -42,6 +42,47 @@ impl Backoff {
     }
 }
 
+/// The start-up connections' retries (the database, the Kafka broker): capped backoff from
+/// a second to 30 s, each failure logged once, then again only when it changes or a minute has
+/// passed.
+pub(crate) struct Retry {
+    /// What is unreachable, as the log line names it.
+    what: &'static str,
+    backoff: Backoff,
+    /// The failure last logged and when: the same one is not logged again within a minute.
+    last_logged: Option<(String, std::time::Instant)>,
+}
+
+impl Retry {
+    pub(crate) fn new(what: &'static str) -> Retry {
+        Retry {
+            what,
+            backoff: Backoff::new(Duration::from_millis(1000), Duration::from_secs(30)),
+            last_logged: None,
+        }
+    }
+
+    /// Logs `error` unless it is the one logged less than a minute ago, and waits before the
+    /// next attempt.
+    pub(crate) async fn failed(&mut self, error: &str) {
+        let delay = self.backoff.next_delay();
+        let repeat = self
+            .last_logged
+            .as_ref()
+            .is_some_and(|(last, at)| last == error && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            log::error!(
+                "{} unreachable: {error}; retrying in {} s (attempt {})",
+                self.what,
+                delay.as_secs_f32(),
+                self.backoff.failures()
+            );
+            self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

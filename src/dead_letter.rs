@@ -189,6 +189,63 @@ impl DeadLetters {
     }
 }
 
+/// Creates the dead-letter topic where it is missing, as Kafka Connect does: without it the
+/// first invalid message would hold its partition. Where the broker refuses, says so in one
+/// ERROR line, keeps `/ready` at 503 and tries again in the background until the topic exists.
+pub(crate) async fn ensure_topic_at_start(settings: &KafkaSettings, stats: Arc<Stats>) {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "panopticon-admin");
+    settings.security.apply(&mut config);
+    crate::kafka_security::bound_network(&mut config, settings.socket_timeout_ms);
+    let topic = settings.dlq_topic.clone();
+    let partitions = settings.dlq_partitions;
+    let error = match ensure_topic(&config, &topic, partitions).await {
+        Ok(created) => {
+            if created {
+                log::info!("created dead-letter topic topic={topic} partitions={partitions}");
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    log::error!(
+        "dead-letter topic {topic} is missing and cannot be created ({error}); create it \
+         (kafka-topics.sh --create --topic {topic} --partitions {partitions}) or allow this client to create topics: \
+         until then a partition holding an invalid message waits and /ready answers 503"
+    );
+    stats.set_dead_letter_topic_error(Some(format!(
+        "dead-letter topic {topic} is missing and cannot be created: {error}"
+    )));
+    actix_rt::spawn(recheck_topic(config, topic, partitions, stats));
+}
+
+/// Looks for the dead-letter topic every [`TOPIC_RECHECK`], making it where it is still
+/// missing, until it exists.
+async fn recheck_topic(config: ClientConfig, topic: String, partitions: i32, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(TOPIC_RECHECK);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if stats.dead_letter_topic_error().is_none() {
+            return;
+        }
+        if let Ok(created) = ensure_topic(&config, &topic, partitions).await {
+            if created {
+                log::info!("created dead-letter topic topic={topic} partitions={partitions}");
+            } else {
+                log::info!("dead-letter topic {topic} exists now");
+            }
+            stats.set_dead_letter_topic_error(None);
+            return;
+        }
+    }
+}
+
+/// How often a dead-letter topic that could not be created is looked for again.
+const TOPIC_RECHECK: Duration = Duration::from_secs(15);
+
 /// Whether the dead-letter topic exists, making it if it does not: `Ok(true)` when this call
 /// created it. The broker's own default replication factor is used (`-1`, Kafka 2.4 and later).
 pub(crate) async fn ensure_topic(

@@ -3,7 +3,9 @@
 //! batch writer, which accepts nothing else, cannot be handed an unchecked row.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -25,21 +27,96 @@ pub struct Rules {
     pub max_age_ms: Option<i64>,
 }
 
-/// A metric that passed every check, ready to be stored.
+/// A metric that passed every check, ready to be stored. Its names are shared with the other
+/// metrics of the same service, pod, namespace or node that [`Names`] still holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidMetric {
     time_ms: i64,
-    service: String,
-    pod_name: String,
-    namespace: String,
-    node_name: String,
+    service: Arc<str>,
+    pod_name: Arc<str>,
+    namespace: Arc<str>,
+    node_name: Arc<str>,
     cpu: f64,
     memory: f64,
+}
+
+/// Total size the names held by [`Names`] may reach before it starts afresh, counting each
+/// name's text and about 40 bytes of its own (the shared allocation's counts, the set's slot):
+/// some 50,000 names of the usual length, enough for the pods of a large cluster.
+pub const NAMES_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Service, pod, namespace and node names seen in valid metrics, each held once. The same few
+/// names come with almost every metric; a name found here is shared instead of allocated
+/// again, and it needs no second check, for only names that passed the checks are kept and
+/// their checks depend on nothing but the name. The names come from a topic anyone with
+/// write access fills, so what is held is bounded: when it would exceed its budget the set is
+/// emptied and fills again with the names that keep coming (metrics already made keep theirs).
+///
+/// The set hashes with foldhash, several times faster than the standard library's SipHash on
+/// names this short, seeded at random per process like the standard one, so that names made to
+/// collide cannot be prepared in advance.
+#[derive(Debug, Default)]
+pub struct Names {
+    held: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Names {
+    /// Holds names up to `max_bytes` (see [`NAMES_MAX_BYTES`]); 0 holds none.
+    pub fn new(max_bytes: usize) -> Names {
+        Names {
+            held: HashSet::default(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// How many names are held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn get(&self, text: &str) -> Option<Arc<str>> {
+        self.held.get(text).cloned()
+    }
+
+    /// `text`, which passed the checks, as a shared name, held for the next metrics if the
+    /// budget allows.
+    fn insert(&mut self, text: &str) -> Arc<str> {
+        let name: Arc<str> = Arc::from(text);
+        let cost = text.len() + 40;
+        if cost > self.max_bytes {
+            return name;
+        }
+        if self.bytes + cost > self.max_bytes {
+            self.held.clear();
+            self.bytes = 0;
+        }
+        self.held.insert(name.clone());
+        self.bytes += cost;
+        name
+    }
 }
 
 impl ValidMetric {
     /// Parses and checks one Kafka payload. `now_ms` is the current Unix time in milliseconds.
     pub fn parse(payload: &[u8], rules: &Rules, now_ms: i64) -> Result<ValidMetric, Rejection> {
+        ValidMetric::parse_with(payload, rules, now_ms, &mut Names::new(0))
+    }
+
+    /// [`ValidMetric::parse`], sharing the names held by `names` and adding the new ones: the
+    /// same checks, the same answer.
+    pub fn parse_with(
+        payload: &[u8],
+        rules: &Rules,
+        now_ms: i64,
+        names: &mut Names,
+    ) -> Result<ValidMetric, Rejection> {
         let text = std::str::from_utf8(payload).map_err(|e| {
             Rejection::new(
                 Reason::InvalidUtf8,
@@ -49,7 +126,10 @@ impl ValidMetric {
                 ),
             )
         })?;
-        if text.trim().is_empty() {
+        // A payload that opens with `{` is neither blank nor anything but an object, as the
+        // next two checks would find more slowly.
+        let opens_object = text.as_bytes().first() == Some(&b'{');
+        if !opens_object && text.trim().is_empty() {
             return Err(Rejection::new(
                 Reason::InvalidJson,
                 "payload is empty".into(),
@@ -57,7 +137,7 @@ impl ValidMetric {
         }
         // serde would also fill the struct from a JSON array, by position: only objects are
         // metrics.
-        if !text.trim_start().starts_with('{') {
+        if !opens_object && !text.trim_start().starts_with('{') {
             return Err(match serde_json::from_str::<IgnoredAny>(text) {
                 Ok(_) => {
                     Rejection::new(Reason::NotAnObject, "payload must be a JSON object".into())
@@ -74,7 +154,7 @@ impl ValidMetric {
                 format!("payload is not valid JSON: {e}"),
             )
         })?;
-        raw.validate(rules, now_ms)
+        raw.validate(rules, now_ms, names)
     }
 
     pub fn time_ms(&self) -> i64 {
@@ -232,12 +312,17 @@ pub struct RawMetric<'a> {
 }
 
 impl<'a> RawMetric<'a> {
-    fn validate(self, rules: &Rules, now_ms: i64) -> Result<ValidMetric, Rejection> {
+    fn validate(
+        self,
+        rules: &Rules,
+        now_ms: i64,
+        names: &mut Names,
+    ) -> Result<ValidMetric, Rejection> {
         let time_ms = timestamp_field(self.timestamp, rules, now_ms)?;
-        let service = name_field("service", self.service)?;
-        let pod_name = name_field("podName", self.pod_name)?;
-        let namespace = name_field("namespace", self.namespace)?;
-        let node_name = name_field("nodeName", self.node_name)?;
+        let service = name_field("service", self.service, names)?;
+        let pod_name = name_field("podName", self.pod_name, names)?;
+        let namespace = name_field("namespace", self.namespace, names)?;
+        let node_name = name_field("nodeName", self.node_name, names)?;
         let cpu = number_field("cpu", self.cpu)?;
         if !(0.0..=100.0).contains(&cpu) {
             return Err(Rejection::new(
@@ -314,11 +399,24 @@ fn number_field(name: &'static str, value: Json<'_>) -> Result<f64, Rejection> {
     }
 }
 
-fn name_field(name: &'static str, value: Json<'_>) -> Result<String, Rejection> {
+fn name_field(
+    name: &'static str,
+    value: Json<'_>,
+    names: &mut Names,
+) -> Result<Arc<str>, Rejection> {
     let text = match value {
         Json::Str(text) => text,
         other => return Err(other.wrong(name, "a string")),
     };
+    if let Some(held) = names.get(&text) {
+        return Ok(held);
+    }
+    check_name(name, &text)?;
+    Ok(names.insert(&text))
+}
+
+/// The checks of a name, which depend on nothing but its text (`name` only names the field).
+fn check_name(name: &'static str, text: &str) -> Result<(), Rejection> {
     if text.trim().is_empty() {
         return Err(Rejection::new(
             Reason::EmptyString,
@@ -342,7 +440,7 @@ fn name_field(name: &'static str, value: Json<'_>) -> Result<String, Rejection> 
             format!("`{name}` contains a control character"),
         ));
     }
-    Ok(text.into_owned())
+    Ok(())
 }
 
 /// One JSON value, kept only as far as the checks need it: strings are borrowed from the
@@ -574,6 +672,47 @@ mod tests {
             parse(&with("timestamp", "0")).is_ok(),
             "no window: any past is valid"
         );
+    }
+
+    #[test]
+    fn held_names_are_shared_and_give_the_same_answers() {
+        let mut names = Names::new(NAMES_MAX_BYTES);
+        let guide = with("cpu", "78.5");
+        let first = ValidMetric::parse_with(guide.as_bytes(), &RULES, NOW_MS, &mut names).unwrap();
+        let second = ValidMetric::parse_with(guide.as_bytes(), &RULES, NOW_MS, &mut names).unwrap();
+        assert_eq!(first, parse(&guide).unwrap());
+        assert_eq!(second, first);
+        assert!(Arc::ptr_eq(&first.service, &second.service));
+        assert!(Arc::ptr_eq(&first.node_name, &second.node_name));
+        assert_eq!(names.len(), 4);
+        // A name that fails its checks is never held, so it fails every time.
+        for _ in 0..2 {
+            let bad = with("podName", "\"pod\\u0007\"");
+            let rejection =
+                ValidMetric::parse_with(bad.as_bytes(), &RULES, NOW_MS, &mut names).unwrap_err();
+            assert_eq!(rejection, parse(&bad).unwrap_err());
+        }
+        assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn held_names_stay_within_their_budget() {
+        let mut names = Names::new(2_000);
+        for pod in 0..1_000 {
+            let payload = with("podName", &format!("\"pod-{pod}\""));
+            let metric =
+                ValidMetric::parse_with(payload.as_bytes(), &RULES, NOW_MS, &mut names).unwrap();
+            assert_eq!(metric.pod_name(), format!("pod-{pod}"));
+            assert!(names.bytes <= 2_000, "{} bytes held", names.bytes);
+        }
+        assert!(names.len() < 50, "{} names held", names.len());
+        let long = "n".repeat(253);
+        let mut tiny = Names::new(100);
+        let payload = with("nodeName", &format!("\"{long}\""));
+        let metric =
+            ValidMetric::parse_with(payload.as_bytes(), &RULES, NOW_MS, &mut tiny).unwrap();
+        assert_eq!(metric.node_name(), long);
+        assert!(tiny.len() <= 3 && tiny.bytes <= 100);
     }
 
     #[test]

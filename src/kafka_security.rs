@@ -134,45 +134,60 @@ impl KafkaSecurity {
     /// TLS settings the protocol would ignore, certificate files that are missing or not PEM,
     /// a client certificate without its key.
     pub fn check(&self) -> Result<(), String> {
+        self.check_sasl()?;
+        self.check_tls()
+    }
+
+    /// SASL: a mechanism, a user and a password where the protocol uses it, none of them
+    /// where it does not.
+    fn check_sasl(&self) -> Result<(), String> {
         let protocol = self.kafka_security_protocol;
-        if protocol.uses_sasl() {
-            let Some(mechanism) = self.kafka_sasl_mechanism else {
-                return Err(format!(
-                    "KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
-                ));
+        if !protocol.uses_sasl() {
+            let set = [
+                ("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism.is_some()),
+                ("KAFKA_SASL_USERNAME", self.kafka_sasl_username.is_some()),
+                ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(name, set)| set.then_some(name));
+            return match set {
+                Some(setting) => Err(format!(
+                    "{setting} is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL (sasl_ssl or sasl_plaintext do)"
+                )),
+                None => Ok(()),
             };
-            let mechanism = mechanism.as_str();
-            if self
-                .kafka_sasl_username
-                .as_deref()
-                .is_none_or(str::is_empty)
-            {
-                return Err(format!(
-                    "KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME"
-                ));
-            }
-            if self
-                .kafka_sasl_password
-                .as_ref()
-                .is_none_or(|p| p.expose().is_empty())
-            {
-                return Err(format!(
-                    "KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE"
-                ));
-            }
-        } else if let Some(setting) = [
-            ("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism.is_some()),
-            ("KAFKA_SASL_USERNAME", self.kafka_sasl_username.is_some()),
-            ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password.is_some()),
-        ]
-        .iter()
-        .find_map(|(name, set)| set.then_some(name))
+        }
+        let Some(mechanism) = self.kafka_sasl_mechanism else {
+            return Err(format!(
+                "KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+            ));
+        };
+        let mechanism = mechanism.as_str();
+        if self
+            .kafka_sasl_username
+            .as_deref()
+            .is_none_or(str::is_empty)
         {
             return Err(format!(
-                "{setting} is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL (sasl_ssl or sasl_plaintext do)"
+                "KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME"
             ));
         }
+        if self
+            .kafka_sasl_password
+            .as_ref()
+            .is_none_or(|p| p.expose().is_empty())
+        {
+            return Err(format!(
+                "KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE"
+            ));
+        }
+        Ok(())
+    }
 
+    /// TLS: no file where the protocol uses no TLS, each file readable PEM, and a client
+    /// certificate only with its key.
+    fn check_tls(&self) -> Result<(), String> {
+        let protocol = self.kafka_security_protocol;
         let certificate = self.kafka_ssl_certificate_location.as_deref();
         let key = self.kafka_ssl_key_location.as_deref();
         let tls_setting = [
@@ -199,22 +214,17 @@ impl KafkaSecurity {
                 certificate,
                 "KAFKA_SSL_KEY_LOCATION",
                 key,
-            )?,
-            (Some(_), None) => {
-                return Err(
-                    "KAFKA_SSL_CERTIFICATE_LOCATION needs KAFKA_SSL_KEY_LOCATION, its private key"
-                        .into(),
-                );
-            }
-            (None, Some(_)) => {
-                return Err(
-                    "KAFKA_SSL_KEY_LOCATION needs KAFKA_SSL_CERTIFICATE_LOCATION, its certificate"
-                        .into(),
-                );
-            }
-            (None, None) => {}
+            ),
+            (Some(_), None) => Err(
+                "KAFKA_SSL_CERTIFICATE_LOCATION needs KAFKA_SSL_KEY_LOCATION, its private key"
+                    .into(),
+            ),
+            (None, Some(_)) => Err(
+                "KAFKA_SSL_KEY_LOCATION needs KAFKA_SSL_CERTIFICATE_LOCATION, its certificate"
+                    .into(),
+            ),
+            (None, None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Sets the librdkafka security properties of a client.

@@ -17,9 +17,7 @@ pub mod kafka_security;
 pub(crate) mod log_limit;
 pub mod offsets;
 pub(crate) mod pem;
-// Its items are not yet narrowed to what the rest of the crate uses.
-#[allow(unreachable_pub)]
-pub mod promql;
+pub(crate) mod promql;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub mod signal;

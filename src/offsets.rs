@@ -78,10 +78,14 @@ pub struct Batch<R> {
 }
 
 impl<R> Batch<R> {
-    /// After a fenced write (the stored offset of `partition` is `stored`, not what was
-    /// expected): drops the rows the stored offset says are done and moves from there.
-    /// Answers with the number of rows dropped.
-    pub fn refence(&mut self, partition: i32, stored: Option<i64>) -> usize {
+    /// After a fenced write (a partition's stored offset is `stored`, not what was expected):
+    /// drops the rows the stored offset says are done and moves from there. Answers with the
+    /// number of rows dropped.
+    pub fn refence(&mut self, stored: StoredOffset) -> usize {
+        let StoredOffset {
+            partition,
+            next: stored,
+        } = stored;
         let before = self.rows.len();
         let floor = stored.unwrap_or(i64::MIN);
         self.rows
@@ -370,14 +374,14 @@ mod tests {
         ledger.take(Epoch(1), rows(0, 0..4), &[at(0, 4)]);
         ledger.take(Epoch(1), rows(1, 0..2), &[at(1, 2)]);
         let mut batch = ledger.take_batch();
-        assert_eq!(batch.refence(0, Some(3)), 3);
+        assert_eq!(batch.refence(stored(0, Some(3))), 3);
         assert_eq!(
             batch.rows.iter().map(|(_, at)| *at).collect::<Vec<_>>(),
             vec![at(0, 3), at(1, 0), at(1, 1)]
         );
         assert_eq!(batch.advances[0].expected, Some(3));
         // Stored past everything: the partition's move is dropped too.
-        assert_eq!(batch.refence(0, Some(4)), 1);
+        assert_eq!(batch.refence(stored(0, Some(4))), 1);
         assert_eq!(batch.advances.len(), 1);
         assert_eq!(batch.advances[0].partition, 1);
     }

@@ -12,19 +12,16 @@ use actix::dev::channel::{self, AddressReceiver};
 use actix::prelude::*;
 use actix_web::HttpServer;
 use actix_web::dev::Server;
-use rdkafka::consumer::Consumer;
 
 use crate::actors::batch_writer::{self, BatchWriter};
-use crate::actors::kafka_consumer::{
-    self, ConsumerEvents, ConsumerOutput, KafkaConsumer, MetricsConsumer,
-};
-use crate::actors::messages::Stop;
+use crate::actors::kafka_consumer::{self, ConsumerEvents, ConsumerOutput, KafkaConsumer};
+use crate::actors::messages::{OffsetsStored, Stop};
 use crate::actors::summarizer;
 use crate::actors::validator::Validator;
 use crate::actors::writers::{WriterInbox, Writers};
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::config::Settings;
-use crate::db::queries::{self, SharedStorage};
+use crate::db::queries::SharedStorage;
 use crate::db::{self, OffsetScope};
 use crate::dead_letter::{self, DeadLetters};
 use crate::http::AppState;
@@ -181,12 +178,8 @@ async fn start_pipeline(
     api_storage: &SharedStorage,
 ) -> Result<Addr<KafkaConsumer>, StartupError> {
     let storage = connect_database(settings, &stats, api_storage).await;
-    // Where a retention job drops old chunks, a metric older than its window would be stored,
-    // acknowledged, then deleted: the validator rejects it instead.
-    let max_age_ms = match settings.timescale.retention.0 {
-        Some(seconds) if storage.hypertable => Some(seconds.saturating_mul(1000)),
-        _ => None,
-    };
+    // A metric the retention job would delete once stored is rejected instead.
+    let max_age_ms = db::timescale::retention_ms(storage, &settings.timescale);
     if let Ok(mut slot) = stats.max_age_ms.lock() {
         *slot = max_age_ms;
     }
@@ -195,23 +188,7 @@ async fn start_pipeline(
         group: kafka.group_id.clone(),
         topic: kafka.topic.clone(),
     };
-    // Each writer gets a thread of its own, with its database connection: its round trips to
-    // the database are then never queued behind parsing on the consumer's thread, nor behind
-    // another writer's.
-    let unstarted: Vec<Unstarted<BatchWriter>> = (0..settings.batching.connections)
-        .map(|_| Unstarted::new())
-        .collect();
-    let writers = Arc::new(Writers::new(
-        unstarted
-            .iter()
-            .map(|writer| WriterInbox {
-                chunks: writer.address().recipient(),
-                rebalanced: writer.address().recipient(),
-                flush: writer.address().recipient(),
-                stats: stats.add_connection(),
-            })
-            .collect(),
-    ));
+    let writers = UnstartedWriters::new(settings.batching.connections, &stats);
     let events = ConsumerEvents::new(
         kafka,
         Box::new(db::OffsetReader {
@@ -219,38 +196,21 @@ async fn start_pipeline(
             timeouts: db::Timeouts::from(&settings.database),
             scope: scope.clone(),
         }),
-        writers.clone(),
+        writers.destination.clone(),
         stats.clone(),
     );
-    let consumer = connect_kafka(settings, events, &stats).await?;
-    ensure_dead_letter_topic(settings, stats.clone()).await;
+    let consumer = kafka_consumer::create_consumer(kafka, events)
+        .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?;
+    let consumer = kafka_consumer::wait_for_broker(consumer, kafka, &stats)
+        .await
+        .map_err(StartupError::Runtime)?;
+    dead_letter::ensure_topic_at_start(kafka, stats.clone()).await;
     let dead_letters = DeadLetters::new(kafka)
         .map_err(|e| StartupError::Config(format!("dead-letter producer: {e}")))?;
 
     let consumer_context = Context::<KafkaConsumer>::new();
-    let metric_log = Arc::new(std::sync::Mutex::new(LogLimit::new(
-        "[METRIC] lines",
-        settings.batching.metric_log_max_per_sec,
-    )));
-    for (index, writer) in unstarted.into_iter().enumerate() {
-        let actor = BatchWriter::new(
-            &settings.batching,
-            batch_writer::Wiring {
-                target: batch_writer::Target {
-                    url: settings.database.url.clone(),
-                    timeouts: db::Timeouts::from(&settings.database),
-                    scope: scope.clone(),
-                },
-                on_stored: consumer_context.address().recipient(),
-                dead_letters: dead_letters.clone(),
-                metric_log: metric_log.clone(),
-                stats: stats.clone(),
-                connection: writers.inbox(index).stats.clone(),
-            },
-        );
-        let thread = Arbiter::new();
-        writer.start_in(&thread.handle(), actor);
-    }
+    let on_stored = consumer_context.address().recipient();
+    let writers = writers.start(settings, scope, on_stored, &dead_letters, &stats);
     // Off the write path, on a connection of its own.
     summarizer::start(
         settings.database.url.clone(),
@@ -265,17 +225,79 @@ async fn start_pipeline(
         stats.clone(),
     )
     .start();
-    let consumer = KafkaConsumer::new(
-        consumer,
-        kafka,
-        ConsumerOutput {
-            chunks: validator.clone().recipient(),
-            drain: validator.recipient(),
-        },
-        stats.clone(),
-    )
-    .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?;
+    let output = ConsumerOutput {
+        chunks: validator.clone().recipient(),
+        drain: validator.recipient(),
+    };
+    let consumer = KafkaConsumer::new(consumer, kafka, output, stats.clone())
+        .map_err(|e| StartupError::Config(format!("cannot subscribe: {e}")))?;
     Ok(consumer_context.run(consumer))
+}
+
+/// The batch writers before they start, one per writer connection: their addresses, which
+/// the consumer's rebalance callback is given before the consumer exists, and the one
+/// destination they make.
+struct UnstartedWriters {
+    each: Vec<Unstarted<BatchWriter>>,
+    destination: Arc<Writers>,
+}
+
+impl UnstartedWriters {
+    fn new(connections: u32, stats: &Stats) -> UnstartedWriters {
+        let each: Vec<Unstarted<BatchWriter>> =
+            (0..connections).map(|_| Unstarted::new()).collect();
+        let inboxes = each
+            .iter()
+            .map(|writer| WriterInbox {
+                chunks: writer.address().recipient(),
+                rebalanced: writer.address().recipient(),
+                flush: writer.address().recipient(),
+                stats: stats.add_connection(),
+            })
+            .collect();
+        UnstartedWriters {
+            each,
+            destination: Arc::new(Writers::new(inboxes)),
+        }
+    }
+
+    /// Starts each writer on a thread of its own, with its database connection: its round
+    /// trips to the database are then never queued behind parsing on the consumer's thread,
+    /// nor behind another writer's. Answers with their destination.
+    fn start(
+        self,
+        settings: &Settings,
+        scope: OffsetScope,
+        on_stored: Recipient<OffsetsStored>,
+        dead_letters: &DeadLetters,
+        stats: &Arc<Stats>,
+    ) -> Arc<Writers> {
+        // One budget of `[METRIC]` lines for all writers.
+        let metric_log = Arc::new(std::sync::Mutex::new(LogLimit::new(
+            "[METRIC] lines",
+            settings.batching.metric_log_max_per_sec,
+        )));
+        for (index, writer) in self.each.into_iter().enumerate() {
+            let wiring = batch_writer::Wiring {
+                target: batch_writer::Target {
+                    url: settings.database.url.clone(),
+                    timeouts: db::Timeouts::from(&settings.database),
+                    scope: scope.clone(),
+                },
+                on_stored: on_stored.clone(),
+                dead_letters: dead_letters.clone(),
+                metric_log: metric_log.clone(),
+                stats: stats.clone(),
+                connection: self.destination.inbox(index).stats.clone(),
+            };
+            let thread = Arbiter::new();
+            writer.start_in(
+                &thread.handle(),
+                BatchWriter::new(&settings.batching, wiring),
+            );
+        }
+        self.destination
+    }
 }
 
 /// An actor's address before the actor exists: what is sent to it waits in its mailbox.
@@ -319,211 +341,32 @@ async fn connect_database(
     let url = &settings.database.url;
     let timeouts = db::Timeouts::from(&settings.database);
     let mut retry = Retry::new("database");
-    loop {
-        let attempt = async {
-            db::migrate(url).await?;
-            let client = db::connect(url, &timeouts).await?;
-            // Bounded: it waits for the lifecycle's advisory lock, which another instance
-            // may hold.
-            db::within(
-                timeouts.statement,
-                "the TimescaleDB check",
-                db::timescale::adopt(&client),
-            )
-            .await?;
-            let storage = db::within(
-                timeouts.statement,
-                "the storage check",
-                db::describe_storage(&client),
-            )
-            .await?;
-            Ok::<_, db::DbError>((client, storage))
-        };
-        match attempt.await {
-            Ok((client, storage)) => {
-                log::info!(
-                    "database connected url={} storage={}",
-                    redact_url(url),
-                    storage.description
-                );
-                api_storage.set(if storage.hypertable {
-                    // Bounded as above; the connection is given up right after either way.
-                    let lifecycle = tokio::time::timeout(
-                        timeouts.statement,
-                        db::timescale::apply(
-                            &client,
-                            settings.timescale.chunk_interval_secs,
-                            settings.timescale.compress_after,
-                            settings.timescale.retention,
-                        ),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        log::warn!(
-                            "TimescaleDB lifecycle skipped: the database did not answer within {} ms",
-                            timeouts.statement.as_millis()
-                        );
-                        db::timescale::Lifecycle::default()
-                    });
-                    queries::Storage::Hypertable {
-                        minute_aggregate: lifecycle.continuous_aggregate,
-                    }
-                } else {
-                    queries::Storage::Table
-                });
-                if let Ok(mut slot) = stats.storage.lock() {
-                    *slot = Some(storage.description.clone());
-                }
-                stats.set_database_error(None);
-                return storage;
-            }
+    let (client, found) = loop {
+        match db::prepare(url, &timeouts).await {
+            Ok(prepared) => break prepared,
             Err(e) => {
                 stats.set_database_error(Some(e.to_string()));
                 retry.failed(&e.to_string()).await;
             }
         }
-    }
-}
-
-/// Creates the dead-letter topic where it is missing, as Kafka Connect does: without it the
-/// first invalid message would hold its partition. Where the broker refuses, says so in one
-/// ERROR line, keeps `/ready` at 503 and tries again in the background until the topic exists.
-async fn ensure_dead_letter_topic(settings: &Settings, stats: Arc<Stats>) {
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("client.id", "panopticon-admin");
-    settings.kafka.security.apply(&mut config);
-    crate::kafka_security::bound_network(&mut config, settings.kafka.socket_timeout_ms);
-    let topic = settings.kafka.dlq_topic.clone();
-    let partitions = settings.kafka.dlq_partitions;
-    let error = match dead_letter::ensure_topic(&config, &topic, partitions).await {
-        Ok(created) => {
-            if created {
-                log::info!("created dead-letter topic topic={topic} partitions={partitions}");
-            }
-            return;
-        }
-        Err(e) => e,
     };
-    log::error!(
-        "dead-letter topic {topic} is missing and cannot be created ({error}); create it \
-         (kafka-topics.sh --create --topic {topic} --partitions {partitions}) or allow this client to create topics: \
-         until then a partition holding an invalid message waits and /ready answers 503"
+    log::info!(
+        "database connected url={} storage={}",
+        redact_url(url),
+        found.description
     );
-    stats.set_dead_letter_topic_error(Some(format!(
-        "dead-letter topic {topic} is missing and cannot be created: {error}"
-    )));
-    actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(DEAD_LETTER_TOPIC_RECHECK);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if stats.dead_letter_topic_error().is_none() {
-                return;
-            }
-            if let Ok(created) = dead_letter::ensure_topic(&config, &topic, partitions).await {
-                if created {
-                    log::info!("created dead-letter topic topic={topic} partitions={partitions}");
-                } else {
-                    log::info!("dead-letter topic {topic} exists now");
-                }
-                stats.set_dead_letter_topic_error(None);
-                return;
-            }
-        }
-    });
-}
-
-/// How often a dead-letter topic that could not be created is looked for again.
-const DEAD_LETTER_TOPIC_RECHECK: Duration = Duration::from_secs(15);
-
-/// Creates the consumer and waits until a broker answers.
-async fn connect_kafka(
-    settings: &Settings,
-    events: ConsumerEvents,
-    stats: &Stats,
-) -> Result<MetricsConsumer, StartupError> {
-    let consumer = Arc::new(
-        kafka_consumer::create_consumer(&settings.kafka, events)
-            .map_err(|e| StartupError::Config(format!("Kafka consumer settings: {e}")))?,
-    );
-    let mut retry = Retry::new("Kafka broker");
-    let topic = settings.kafka.topic.clone();
-    loop {
-        let probe = consumer.clone();
-        let probe_topic = topic.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            probe.fetch_metadata(Some(&probe_topic), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| StartupError::Runtime(e.to_string()))?;
-        match answer {
-            Ok(metadata) => {
-                stats.set_kafka_error(None);
-                let missing = metadata.topics().iter().any(|t| {
-                    t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
-                });
-                if missing {
-                    log::warn!("topic {topic} does not exist yet; consuming it once it is created");
-                }
-                break;
-            }
-            Err(e) => {
-                // librdkafka's own account of the failure (TLS, SASL) waits in the consumer's
-                // queue, where polling hands it to the consumer's log callback; it says more
-                // than the metadata request's error. Nothing is subscribed yet: no record
-                // can come.
-                let drain = async {
-                    loop {
-                        let _ = consumer.recv().await;
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
-                let cause = match stats.kafka_error() {
-                    Some(reason) => settings.kafka.security.explain(&reason),
-                    None => e.to_string(),
-                };
-                let error = format!("brokers {}: {cause}", settings.kafka.brokers);
-                retry.failed(&error).await
-            }
-        }
+    // The connection is given up right after.
+    let storage = db::timescale::set_up(
+        &client,
+        found.storage,
+        &settings.timescale,
+        timeouts.statement,
+    )
+    .await;
+    api_storage.set(storage);
+    if let Ok(mut slot) = stats.storage.lock() {
+        *slot = Some(found.description);
     }
-    Arc::try_unwrap(consumer)
-        .map_err(|_| StartupError::Runtime("Kafka consumer still shared after the probe".into()))
-}
-
-/// Capped exponential backoff for start-up connections, logging without repeating itself.
-struct Retry {
-    what: &'static str,
-    backoff: Backoff,
-    last_logged: Option<(String, std::time::Instant)>,
-}
-
-impl Retry {
-    fn new(what: &'static str) -> Retry {
-        Retry {
-            what,
-            backoff: Backoff::new(Duration::from_millis(1000), Duration::from_secs(30)),
-            last_logged: None,
-        }
-    }
-
-    async fn failed(&mut self, error: &str) {
-        let delay = self.backoff.next_delay();
-        let repeat = self
-            .last_logged
-            .as_ref()
-            .is_some_and(|(last, at)| last == error && at.elapsed() < Duration::from_secs(60));
-        if !repeat {
-            log::error!(
-                "{} unreachable: {error}; retrying in {} s (attempt {})",
-                self.what,
-                delay.as_secs_f32(),
-                self.backoff.failures()
-            );
-            self.last_logged = Some((error.to_owned(), std::time::Instant::now()));
-        }
-        tokio::time::sleep(delay).await;
-    }
+    stats.set_database_error(None);
+    storage
 }

@@ -45,6 +45,7 @@
 //! | `BENCH_DRAIN_ONLY` | | `1`: stop after the drain |
 //! | `BENCH_PROFILE` | | a command run during the drain, `{pid}` standing for the service's process id, stopped with SIGINT once the last row is in, e.g. `perf record -g -o target/drain.perf -p {pid}` |
 //! | `BENCH_LOG` | | `1`: echo the service's log |
+//! | `BENCH_ROW_COST` | | run only the service's own work a row over this many messages, in the bench's process with no broker or database (`benches/pipeline/row_cost.rs`, meant for callgrind) |
 //! | `BENCH_SOAK_SECS` | | run the soak instead (below) for this many seconds |
 //! | `BENCH_SOAK_RATE`, `BENCH_SOAK_BAD_EVERY_MS` | 5000, 1000 | the soak's valid messages a second, and one bad message every so often |
 //! | `BENCH_SOAK_REPORT_SECS` | 60 | how often the soak samples the service |
@@ -99,6 +100,7 @@ mod pods;
 mod preload;
 mod references;
 mod report;
+mod row_cost;
 mod sampling;
 mod service;
 mod settings;
@@ -120,6 +122,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    if let Some(count) = settings.row_cost {
+        return row_cost::run(count, settings.pods);
+    }
     let tck = clock_ticks();
     let machine = start(&settings).await?;
     match settings.soak {

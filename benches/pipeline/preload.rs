@@ -23,7 +23,7 @@ pub struct Messages {
 
 impl Messages {
     /// N samples of the simulator's pods, one tick a second, ending a minute ago.
-    fn generate(count: usize, pods: u32) -> Messages {
+    pub fn generate(count: usize, pods: u32) -> Messages {
         let mut simulator = Simulator::new(pods, 42);
         let ticks = count.div_ceil(pods as usize) as i64;
         let mut ts = now_ms() - 60_000 - ticks * 1000;

@@ -32,6 +32,9 @@ pub struct Settings {
     pub drain_only: bool,
     /// `BENCH_SOAK_SECS` is set: the soak runs instead of everything else.
     pub soak: Option<Soak>,
+    /// `BENCH_ROW_COST` is set: only the service's own work a row runs, over this many
+    /// messages.
+    pub row_cost: Option<usize>,
 }
 
 fn env_num<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
@@ -87,6 +90,10 @@ impl Settings {
             echo_log: std::env::var_os("BENCH_LOG").is_some(),
             drain_only: std::env::var_os("BENCH_DRAIN_ONLY").is_some(),
             soak,
+            row_cost: match std::env::var("BENCH_ROW_COST") {
+                Ok(_) => Some(env_num("BENCH_ROW_COST", 0)?),
+                Err(_) => None,
+            },
         };
         ensure!(settings.messages > 0, "BENCH_MESSAGES must be > 0");
         ensure!(settings.pods > 0, "BENCH_PODS must be > 0");

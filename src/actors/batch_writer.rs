@@ -275,10 +275,12 @@ async fn store(
                     .duplicates_skipped
                     .fetch_add(skipped, Ordering::Relaxed);
             }
-            Ok(WriteOutcome::Fenced { partition, stored }) => {
+            Ok(WriteOutcome::Fenced(stored)) => {
                 log::warn!(
-                    "partition {partition} was stored up to {stored:?} by another writer; \
-                     dropping what it covers and retrying"
+                    "partition {} was stored up to {:?} by another writer; \
+                     dropping what it covers and retrying",
+                    stored.partition,
+                    stored.next
                 );
                 // The rows refused so far are dead-lettered and done: out of the batch, so
                 // that starting over does not send them again.
@@ -288,7 +290,7 @@ async fn store(
                     !rejected.contains(&(index - 1))
                 });
                 rejected.clear();
-                let dropped = batch.refence(partition, stored);
+                let dropped = batch.refence(stored);
                 stats
                     .stale_rows_dropped
                     .fetch_add(dropped as u64, Ordering::Relaxed);

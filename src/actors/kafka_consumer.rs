@@ -25,6 +25,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::metadata::Metadata;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::messages::{Drain, OffsetsStored, RawChunk, Stop};
 use crate::actors::writers::Writers;
+use crate::backoff::Retry;
 use crate::config::KafkaSettings;
 use crate::kafka_security::KafkaSecurity;
 use crate::log_limit::LogLimit;
@@ -126,6 +128,75 @@ pub(crate) fn create_consumer(
     client_config(settings).create_with_context(events)
 }
 
+/// Waits until a broker answers the consumer, retrying with backoff, and says whether the
+/// topic is there to be consumed.
+pub(crate) async fn wait_for_broker(
+    consumer: MetricsConsumer,
+    settings: &KafkaSettings,
+    stats: &Stats,
+) -> Result<MetricsConsumer, String> {
+    let consumer = Arc::new(consumer);
+    let mut retry = Retry::new("Kafka broker");
+    loop {
+        let probe = consumer.clone();
+        let topic = settings.topic.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            probe.fetch_metadata(Some(&topic), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match answer {
+            Ok(metadata) => {
+                stats.set_kafka_error(None);
+                report_topic(&consumer, &metadata, &settings.topic, stats);
+                break;
+            }
+            Err(e) => {
+                // librdkafka's own account of the failure (TLS, SASL) waits in the consumer's
+                // queue, where polling hands it to the consumer's log callback; it says more
+                // than the metadata request's error. Nothing is subscribed yet: no record
+                // can come.
+                let drain = async {
+                    loop {
+                        let _ = consumer.recv().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+                let cause = match stats.kafka_error() {
+                    Some(reason) => settings.security.explain(&reason),
+                    None => e.to_string(),
+                };
+                retry
+                    .failed(&format!("brokers {}: {cause}", settings.brokers))
+                    .await
+            }
+        }
+    }
+    Arc::try_unwrap(consumer).map_err(|_| "Kafka consumer still shared after the probe".into())
+}
+
+/// Says what the broker's metadata tells of a topic that cannot be consumed yet. A broker
+/// answers a principal without Describe on the topic that it is not authorized, whether the
+/// topic exists or not: that is a refused ACL, said as one, not a missing topic.
+fn report_topic(consumer: &MetricsConsumer, metadata: &Metadata, topic: &str, stats: &Stats) {
+    let code = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(found) if found.error().is_none() && !found.partitions().is_empty() => return,
+        Some(found) => found.error().map(RDKafkaErrorCode::from),
+        None => None,
+    };
+    match code {
+        None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            log::warn!("topic {topic} does not exist yet; consuming it once it is created");
+        }
+        Some(code) if consumer.context().access.refused_with(stats, code) => {}
+        Some(code) => log::warn!(
+            "topic {topic} is not available yet ({code}): it may not exist yet, or not be visible to {}; \
+             consuming it once it is",
+            consumer.context().access.principal
+        ),
+    }
+}
+
 /// librdkafka's account of a failure without what changes from one attempt to the next (the
 /// time it took, how many were suppressed), so that a repeated failure reads the same.
 fn tidy_reason(reason: &str) -> String {
@@ -187,7 +258,15 @@ impl Access {
     /// Whether `error` is an authorization error; if it is, it is kept for `/ready` and
     /// logged once, as ERROR: nothing is read until an ACL changes.
     fn refused(&self, stats: &Stats, error: &KafkaError) -> bool {
-        let Some(reason) = error.rdkafka_error_code().and_then(|c| self.refusal(c)) else {
+        error
+            .rdkafka_error_code()
+            .is_some_and(|code| self.refused_with(stats, code))
+    }
+
+    /// Whether `code` is an authorization error; if it is, it is kept and logged as
+    /// [`Access::refused`] says.
+    fn refused_with(&self, stats: &Stats, code: RDKafkaErrorCode) -> bool {
+        let Some(reason) = self.refusal(code) else {
             return false;
         };
         if stats

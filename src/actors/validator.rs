@@ -5,7 +5,8 @@
 //! acknowledged the dead letters, sends the valid metrics with the offsets the chunk covers as
 //! [`ValidChunk`]s to the batch writers, one to each writer owning a partition of the chunk
 //! ([`Writers::route`]). It owns no data between chunks: the next chunk is taken only once
-//! this one is in the writers' mailboxes.
+//! this one is in the writers' mailboxes. Between chunks it keeps the names of recent metrics
+//! ([`Names`], bounded), so that a metric repeating them shares them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use crate::actors::messages::{Drain, RawChunk, ValidChunk};
 use crate::actors::writers::Writers;
 use crate::config::ValidatorSettings;
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::domain::{Rejection, Rules, ValidMetric};
+use crate::domain::{NAMES_MAX_BYTES, Names, Rejection, Rules, ValidMetric};
 use crate::log_limit::LogLimit;
 use crate::offsets::Position;
 use crate::stats::Stats;
@@ -25,6 +26,9 @@ use crate::stats::Stats;
 pub(crate) struct Validator {
     /// The checks beyond the message's shape.
     rules: Rules,
+    /// The names of recent metrics, shared by the metrics that repeat them instead of
+    /// allocated for each, and checked once.
+    names: Names,
     /// Where valid metrics go, and who is asked to flush at shutdown. Shared rather than
     /// cloned per chunk: an actix address counts the mailbox's capacity against each of its
     /// copies (a fresh copy may always queue one more), so only the same copy is held to it.
@@ -57,6 +61,7 @@ impl Validator {
                 max_future_skew_ms: settings.max_future_skew_ms,
                 max_age_ms,
             },
+            names: Names::new(NAMES_MAX_BYTES),
             writers,
             dead_letters,
             stats,
@@ -74,7 +79,12 @@ impl Validator {
         let mut metrics = Vec::with_capacity(chunk.len());
         let mut rejected = Vec::new();
         for (index, record) in chunk.records.iter().enumerate() {
-            match ValidMetric::parse(chunk.payload(record), &self.rules, now_ms) {
+            match ValidMetric::parse_with(
+                chunk.payload(record),
+                &self.rules,
+                now_ms,
+                &mut self.names,
+            ) {
                 Ok(metric) => metrics.push((metric, record.at)),
                 Err(rejection) => {
                     self.stats.count_rejection(rejection.reason);

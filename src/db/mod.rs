@@ -18,5 +18,5 @@ pub use connect::{Timeouts, check_url, connect, connect_diesel, within};
 pub use error::{DbError, describe, is_transient};
 pub use migrate::{MIGRATIONS, migrate};
 pub use offsets::{OffsetReader, OffsetScope};
-pub use storage::{Storage, describe_storage};
-pub use writer::{AsMetric, Session, WriteOutcome, Writer};
+pub use storage::{Found, Storage, prepare};
+pub use writer::{AsMetric, COPY_PIECE_BYTES, Session, WriteOutcome, Writer, encode_copy_row};

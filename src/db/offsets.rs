@@ -10,20 +10,22 @@ pub struct OffsetScope {
     pub group: String,
     pub topic: String,
 }
-/// The stored next offset of `partition` (`None`: nothing stored yet).
+
+/// The stored next offset of `partition`.
 pub(super) async fn stored_offset(
     client: &impl tokio_postgres::GenericClient,
     scope: &OffsetScope,
     partition: i32,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    Ok(client
+) -> Result<StoredOffset, tokio_postgres::Error> {
+    let next = client
         .query_opt(
             "SELECT next_offset FROM kafka_offsets
              WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
             &[&scope.group, &scope.topic, &partition],
         )
         .await?
-        .map(|row| row.get(0)))
+        .map(|row| row.get(0));
+    Ok(StoredOffset::new(partition, next))
 }
 
 /// Reads the stored offsets of a consumer group's partitions, each time on a connection of its
@@ -56,7 +58,7 @@ impl StoredOffsets for OffsetReader {
                         stored_offset(&client, &scope, partition),
                     )
                     .await?;
-                    offsets.push(StoredOffset::new(partition, stored));
+                    offsets.push(stored);
                 }
                 Ok(offsets)
             })

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::Timeouts;
+use super::{Storage, Timeouts};
 use crate::schema::system_metrics;
 
 /// The REST API's connections, and how long it waits on them.
@@ -135,7 +135,6 @@ pub(crate) enum Bind {
     Text(String),
     Time(DateTime<Utc>),
     BigInt(i64),
-    Double(f64),
 }
 
 /// The values bound to a statement's placeholders. Each value is added where its placeholder
@@ -180,7 +179,6 @@ impl Params {
             Bind::Text(v) => query.bind::<Text, _>(v),
             Bind::Time(v) => query.bind::<Timestamptz, _>(v),
             Bind::BigInt(v) => query.bind::<BigInt, _>(v),
-            Bind::Double(v) => query.bind::<Double, _>(v),
         })
     }
 }
@@ -306,17 +304,6 @@ pub struct SeriesRow {
     pub cpu: f64,
     #[diesel(sql_type = Double)]
     pub memory: f64,
-}
-
-/// What the database offers the series queries. Known once the database is connected; until
-/// then, and on plain PostgreSQL, [`Storage::Table`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Storage {
-    /// A plain PostgreSQL table.
-    #[default]
-    Table,
-    /// A TimescaleDB hypertable, and whether its 1-minute continuous aggregate exists.
-    Hypertable { minute_aggregate: bool },
 }
 
 /// The [`Storage`] the API's queries are planned by, shared by the HTTP server, which is up

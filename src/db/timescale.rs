@@ -1,16 +1,19 @@
-//! TimescaleDB lifecycle, applied at start-up where `system_metrics` is a hypertable:
-//! compression of old chunks, retention, and a 1-minute continuous aggregate that the series
-//! API reads where it covers a request. On plain PostgreSQL none of this runs.
+//! TimescaleDB at start-up: adopting it where it became usable after `system_metrics` was
+//! made a plain table ([`adopt`]), and, where `system_metrics` is a hypertable, its lifecycle
+//! ([`set_up`]): compression of old chunks, retention, and a 1-minute continuous aggregate
+//! that the series API reads where it covers a request. On plain PostgreSQL none of this runs.
 //!
 //! This is done by the service rather than by a migration because TimescaleDB refuses to
 //! create a continuous aggregate inside a transaction, and a migration that must also succeed
 //! on plain PostgreSQL needs a `DO` block, which is one; and because the ages are settings.
 
+use std::time::Duration;
+
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::config::PolicyAge;
-use crate::db::{DbError, summaries};
+use crate::config::{PolicyAge, TimescaleSettings};
+use crate::db::{DbError, Storage, summaries};
 
 /// Name of the continuous aggregate.
 pub(crate) const AGGREGATE: &str = "system_metrics_1m";
@@ -165,18 +168,50 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
 
 /// What was set up; a step that failed is logged and left out.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Lifecycle {
-    pub continuous_aggregate: bool,
+struct Lifecycle {
+    continuous_aggregate: bool,
+}
+
+/// Sets the lifecycle up where rows go to a hypertable, waiting for it at most `limit` (it
+/// waits for the advisory lock, which another instance may hold); answers with the storage
+/// as the REST API may query it. A lifecycle skipped or failed leaves the hypertable without
+/// its minute aggregate.
+pub(crate) async fn set_up(
+    client: &Client,
+    storage: Storage,
+    settings: &TimescaleSettings,
+    limit: Duration,
+) -> Storage {
+    if !storage.is_hypertable() {
+        return storage;
+    }
+    let lifecycle = tokio::time::timeout(limit, apply(client, settings))
+        .await
+        .unwrap_or_else(|_| {
+            log::warn!(
+                "TimescaleDB lifecycle skipped: the database did not answer within {} ms",
+                limit.as_millis()
+            );
+            Lifecycle::default()
+        });
+    Storage::Hypertable {
+        minute_aggregate: lifecycle.continuous_aggregate,
+    }
+}
+
+/// The age past which a metric would be stored, acknowledged, then deleted by the retention
+/// job, which drops whole chunks older than its window: `None` where no job runs.
+pub(crate) fn retention_ms(storage: Storage, settings: &TimescaleSettings) -> Option<i64> {
+    match settings.retention.0 {
+        Some(seconds) if storage.is_hypertable() => Some(seconds.saturating_mul(1000)),
+        _ => None,
+    }
 }
 
 /// Applies the policies. Safe to run from several instances at once (advisory lock) and
 /// again at every start (each step replaces what the previous start left).
-pub(crate) async fn apply(
-    client: &Client,
-    chunk_interval_secs: i64,
-    compress_after: PolicyAge,
-    retention: PolicyAge,
-) -> Lifecycle {
+async fn apply(client: &Client, settings: &TimescaleSettings) -> Lifecycle {
+    let chunk_interval_secs = settings.chunk_interval_secs;
     if let Err(e) = client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
@@ -191,8 +226,13 @@ pub(crate) async fn apply(
         &[chunk_interval_sql(chunk_interval_secs)],
     )
     .await;
-    step(client, "compression", &compression_sql(compress_after)).await;
-    step(client, "retention", &retention_sql(retention)).await;
+    step(
+        client,
+        "compression",
+        &compression_sql(settings.compress_after),
+    )
+    .await;
+    step(client, "retention", &retention_sql(settings.retention)).await;
     lifecycle.continuous_aggregate = step(
         client,
         "continuous aggregate",

@@ -11,11 +11,14 @@ use actix_web::{HttpRequest, HttpResponse, guard, web};
 use chrono::Utc;
 use serde_json::{Value as Json, json};
 
+use promql_parser::label::Matchers;
+use promql_parser::parser::Expr;
+
 use super::api::ApiState;
-use crate::promql::plan::{self, Plan, Selector};
+use crate::promql::engine::selector_matchers;
 use crate::promql::{
-    self, JOB, LABEL_NAMES, Labels, Limits, Metric, NAME_LABEL, PromError, Series, Steps, Value,
-    format_value, label_column, sql,
+    self, LABEL_NAMES, Labels, Limits, Metric, PromError, Series, Steps, Value, format_value,
+    metadata,
 };
 
 /// The version Grafana is told: the semantics followed are Prometheus 3's (left-open
@@ -333,26 +336,18 @@ fn window(params: &Params, state: &ApiState) -> Result<(i64, i64), PromError> {
 }
 
 /// The selectors of `match[]`; none given: every series.
-fn selectors(
-    params: &Params,
-    state: &ApiState,
-    required: bool,
-) -> Result<Vec<Selector>, PromError> {
+fn selectors(params: &Params, required: bool) -> Result<Vec<Matchers>, PromError> {
     let matches = params.all("match[]");
     if matches.is_empty() {
         if required {
             return Err(PromError::BadData("no match[] parameter provided".into()));
         }
-        return Ok(vec![Selector {
-            metrics: Metric::ALL.to_vec(),
-            conditions: Vec::new(),
-            offset_ms: 0,
-        }]);
+        return Ok(vec![Matchers::empty()]);
     }
     matches
         .into_iter()
-        .map(|m| match plan::plan(&promql::parse(m)?, limits(state))? {
-            Plan::Selector(s) => Ok(s),
+        .map(|m| match promql::parse(m)? {
+            Expr::VectorSelector(vs) => Ok(selector_matchers(&vs)),
             _ => Err(PromError::BadData(format!(
                 "invalid parameter \"match[]\": {m:?} is not a series selector"
             ))),
@@ -360,31 +355,31 @@ fn selectors(
         .collect()
 }
 
+/// The series that `match[]` selects in the window, each once, sorted.
+async fn find_series(
+    params: &Params,
+    state: &ApiState,
+    required: bool,
+) -> Result<Vec<Labels>, PromError> {
+    let (from, to) = window(params, state)?;
+    let selectors = selectors(params, required)?;
+    metadata::series(
+        &state.pool,
+        &selectors,
+        from,
+        to,
+        state.max_samples as usize,
+    )
+    .await
+}
+
 async fn series(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let params = Params::of(&req, &body);
     respond(
-        find_series(&params, &state)
+        find_series(&params, &state, true)
             .await
             .map(|all| Json::Array(all.iter().map(metric_json).collect())),
     )
-}
-
-/// The series that `match[]` selects in the window, each once, sorted.
-async fn find_series(params: &Params, state: &ApiState) -> Result<Vec<Labels>, PromError> {
-    let (from, to) = window(params, state)?;
-    let limit = state.max_samples as usize;
-    let mut all = std::collections::BTreeSet::new();
-    for selector in selectors(params, state, true)? {
-        for metric in &selector.metrics {
-            all.extend(sql::series(&state.pool, *metric, &selector, from, to, limit).await?);
-            if all.len() > limit {
-                return Err(PromError::Execution(format!(
-                    "more than {limit} series (PROMETHEUS_MAX_SAMPLES)"
-                )));
-            }
-        }
-    }
-    Ok(all.into_iter().collect())
 }
 
 async fn labels(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
@@ -394,23 +389,8 @@ async fn labels(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) 
 
 /// Every series carries the same labels: they are all named where any series matches.
 async fn label_names(params: &Params, state: &ApiState) -> Result<Json, PromError> {
-    let (from, to) = window(params, state)?;
-    for selector in selectors(params, state, false)? {
-        for metric in &selector.metrics {
-            if !sql::series(&state.pool, *metric, &selector, from, to, 1)
-                .await
-                .or_else(|e| match e {
-                    // More than one series: there is one.
-                    PromError::Execution(_) => Ok(vec![Labels::new()]),
-                    other => Err(other),
-                })?
-                .is_empty()
-            {
-                return Ok(json!(LABEL_NAMES));
-            }
-        }
-    }
-    Ok(json!([]))
+    let any = !find_series(params, state, false).await?.is_empty();
+    Ok(if any { json!(LABEL_NAMES) } else { json!([]) })
 }
 
 async fn label_values(
@@ -423,6 +403,7 @@ async fn label_values(
     respond(values_of(&name, &params, &state).await.map(|v| json!(v)))
 }
 
+/// The values of label `name` among the series that `match[]` selects, sorted.
 async fn values_of(
     name: &str,
     params: &Params,
@@ -434,42 +415,11 @@ async fn values_of(
     {
         return Err(PromError::BadData(format!("invalid label name: {name:?}")));
     }
-    let (from, to) = window(params, state)?;
-    let limit = state.max_samples as usize;
-    let mut values = std::collections::BTreeSet::new();
-    for selector in selectors(params, state, false)? {
-        for metric in &selector.metrics {
-            match label_column(name) {
-                Some(column) => {
-                    values.extend(
-                        sql::label_values(&state.pool, column, &selector, from, to, limit).await?,
-                    );
-                }
-                None if name == NAME_LABEL || name == "job" => {
-                    let any = sql::series(&state.pool, *metric, &selector, from, to, 1)
-                        .await
-                        .map(|s| !s.is_empty())
-                        .or_else(|e| match e {
-                            PromError::Execution(_) => Ok(true),
-                            other => Err(other),
-                        })?;
-                    if any {
-                        values.insert(if name == "job" { JOB } else { metric.name() }.to_owned());
-                    }
-                }
-                None => {}
-            }
-            if values.len() > limit {
-                return Err(PromError::Execution(format!(
-                    "more than {limit} values (PROMETHEUS_MAX_SAMPLES)"
-                )));
-            }
-            if label_column(name).is_some() {
-                // The columns hold the same values for both metrics.
-                break;
-            }
-        }
-    }
+    let series = find_series(params, state, false).await?;
+    let values: std::collections::BTreeSet<String> = series
+        .into_iter()
+        .filter_map(|mut labels| labels.remove(name))
+        .collect();
     Ok(values.into_iter().collect())
 }
 

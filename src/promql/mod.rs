@@ -1,53 +1,51 @@
-//! PromQL over the stored metrics: a query is parsed by `promql-parser`, checked and turned
-//! into a [`plan::Plan`] (anything Panopticon does not evaluate is refused here, by name), its
-//! selectors are computed by the database ([`sql`]: the raw rows are reduced to one value per
-//! series and step there), and what lies above them (aggregations, arithmetic, comparisons)
-//! is evaluated in [`eval`] with Prometheus's semantics.
+//! PromQL over the stored metrics, with Prometheus 3's semantics for float samples. A query
+//! is parsed by `promql-parser` ([`parse`]), then evaluated by [`engine`] over the samples
+//! that [`store`] reads from PostgreSQL (raw rows, or per-minute summaries where they give
+//! the same answer). What is not evaluated (native histograms, experimental functions) is
+//! refused by name. [`metadata`] lists the series the metadata endpoints name.
 //!
 //! Each row of `system_metrics` is two samples at its `time`: `pod_cpu_usage_percent` (`cpu`)
 //! and `pod_memory_usage_mib` (`memory`), with the labels `service`, `pod` (`pod_name`),
 //! `namespace`, `node` (`node_name`) and `job="panopticon"`.
 
 pub(crate) mod engine;
-pub mod eval;
-pub mod plan;
-pub mod sql;
+pub(crate) mod metadata;
 pub(crate) mod store;
 
 use std::collections::BTreeMap;
 
 /// The name of the metric label.
-pub const NAME_LABEL: &str = "__name__";
+pub(crate) const NAME_LABEL: &str = "__name__";
 /// The `job` every series carries.
-pub const JOB: &str = "panopticon";
+pub(crate) const JOB: &str = "panopticon";
 /// How far back an instant vector selector looks for a sample (Prometheus's default).
-pub const LOOKBACK_MS: i64 = 300_000;
+pub(crate) const LOOKBACK_MS: i64 = 300_000;
 
 /// A stored metric: its name, the column it is read from, and its help text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Metric {
+pub(crate) enum Metric {
     Cpu,
     Memory,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 2] = [Metric::Cpu, Metric::Memory];
+    pub(crate) const ALL: [Metric; 2] = [Metric::Cpu, Metric::Memory];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Metric::Cpu => "pod_cpu_usage_percent",
             Metric::Memory => "pod_memory_usage_mib",
         }
     }
 
-    pub fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             Metric::Cpu => "cpu",
             Metric::Memory => "memory",
         }
     }
 
-    pub fn help(self) -> &'static str {
+    pub(crate) fn help(self) -> &'static str {
         match self {
             Metric::Cpu => "CPU usage of the pod, percent of one core (column cpu)",
             Metric::Memory => "Memory usage of the pod, MiB (column memory)",
@@ -56,7 +54,7 @@ impl Metric {
 }
 
 /// A label a series carries and the column holding it; `job` and `__name__` are not columns.
-pub const LABEL_COLUMNS: [(&str, &str); 4] = [
+pub(crate) const LABEL_COLUMNS: [(&str, &str); 4] = [
     ("namespace", "namespace"),
     ("node", "node_name"),
     ("pod", "pod_name"),
@@ -64,10 +62,11 @@ pub const LABEL_COLUMNS: [(&str, &str); 4] = [
 ];
 
 /// Every label name a series carries, sorted.
-pub const LABEL_NAMES: [&str; 6] = ["__name__", "job", "namespace", "node", "pod", "service"];
+pub(crate) const LABEL_NAMES: [&str; 6] =
+    ["__name__", "job", "namespace", "node", "pod", "service"];
 
 /// The column of a label, if it is one.
-pub fn label_column(label: &str) -> Option<&'static str> {
+pub(crate) fn label_column(label: &str) -> Option<&'static str> {
     LABEL_COLUMNS
         .iter()
         .find(|(name, _)| *name == label)
@@ -75,11 +74,11 @@ pub fn label_column(label: &str) -> Option<&'static str> {
 }
 
 /// A series' labels, sorted by name.
-pub type Labels = BTreeMap<String, String>;
+pub(crate) type Labels = BTreeMap<String, String>;
 
 /// Why a query has no answer; each becomes one `errorType` of the Prometheus envelope.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PromError {
+pub(crate) enum PromError {
     /// The query or a parameter is malformed (400 `bad_data`).
     #[error("{0}")]
     BadData(String),
@@ -93,7 +92,7 @@ pub enum PromError {
 }
 
 impl PromError {
-    pub fn unsupported(what: impl std::fmt::Display) -> PromError {
+    pub(crate) fn unsupported(what: impl std::fmt::Display) -> PromError {
         PromError::Execution(format!("not supported by Panopticon: {what}"))
     }
 }
@@ -121,16 +120,16 @@ impl From<crate::db::queries::QueryError> for PromError {
 
 /// The steps a query is evaluated at: `start`, `start + step`, … `n` of them, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Steps {
-    pub start_ms: i64,
-    pub step_ms: i64,
-    pub n: usize,
+pub(crate) struct Steps {
+    pub(crate) start_ms: i64,
+    pub(crate) step_ms: i64,
+    pub(crate) n: usize,
     /// The `end` the query asked for, which `end()` names: at or after the last step.
-    pub end_ms: i64,
+    pub(crate) end_ms: i64,
 }
 
 impl Steps {
-    pub fn instant(at_ms: i64) -> Steps {
+    pub(crate) fn instant(at_ms: i64) -> Steps {
         Steps {
             start_ms: at_ms,
             step_ms: 1,
@@ -139,25 +138,21 @@ impl Steps {
         }
     }
 
-    pub fn time(&self, i: usize) -> i64 {
+    pub(crate) fn time(&self, i: usize) -> i64 {
         self.start_ms + i as i64 * self.step_ms
-    }
-
-    pub fn last_ms(&self) -> i64 {
-        self.time(self.n.saturating_sub(1))
     }
 }
 
 /// One series over the steps: its labels and its value at each step, if it has one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    pub labels: Labels,
-    pub points: Vec<Option<f64>>,
+pub(crate) struct Series {
+    pub(crate) labels: Labels,
+    pub(crate) points: Vec<Option<f64>>,
 }
 
 /// What an expression evaluates to over the steps.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     /// One number at each step.
     Scalar(Vec<f64>),
     /// Series, each with a value at some steps.
@@ -170,15 +165,15 @@ pub enum Value {
 
 /// The bounds of one evaluation.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most samples (series × steps) held at once, and most rows one statement may return.
-    pub max_samples: usize,
+    pub(crate) max_samples: usize,
     /// Widest window one selector may read.
-    pub max_range_ms: i64,
+    pub(crate) max_range_ms: i64,
 }
 
 /// Formats a sample value as Prometheus does: shortest round-trip, `NaN`, `+Inf`, `-Inf`.
-pub fn format_value(v: f64) -> String {
+pub(crate) fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {
@@ -191,7 +186,7 @@ pub fn format_value(v: f64) -> String {
 }
 
 /// Parses, plans and evaluates `query` over `steps`.
-pub async fn query(
+pub(crate) async fn query(
     pool: &crate::db::queries::DbPool,
     query: &str,
     steps: Steps,
@@ -203,7 +198,7 @@ pub async fn query(
 
 /// Parses a query; the parser's own errors are `bad_data`, and so is a panic of the parser
 /// (caught, so that no input can take a worker down).
-pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, PromError> {
+pub(crate) fn parse(query: &str) -> Result<promql_parser::parser::Expr, PromError> {
     if query.trim().is_empty() {
         return Err(PromError::BadData("empty query".into()));
     }

@@ -30,7 +30,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 pub const PARTITIONS: i32 = 3;
 
 /// The broker the tests of this process share, and the cluster it runs in unless
-/// `PANOPTICON_TEST_BROKERS` named one of somebody else's.
+/// `PANOPTICON_TEST_BROKERS` named one of somebody else's. No test stops or freezes it: every
+/// test of the process depends on it.
 struct SharedBroker {
     bootstrap: String,
     cluster: Option<Mutex<kafka::KafkaCluster>>,
@@ -61,14 +62,14 @@ pub fn broker() -> &'static str {
     &shared_broker().bootstrap
 }
 
-/// Runs `f` on the shared cluster; a broker named by `PANOPTICON_TEST_BROKERS` is not ours to
-/// stop or freeze.
-pub fn with_shared_cluster<T>(f: impl FnOnce(&mut kafka::KafkaCluster) -> T) -> T {
-    let cluster = shared_broker()
-        .cluster
-        .as_ref()
-        .expect("this test freezes or stops the broker: unset PANOPTICON_TEST_BROKERS");
-    f(&mut cluster.lock().unwrap())
+/// Held by the tests that inject a fault and then wait, with deadlines, for the service to
+/// recover (a frozen or killed broker, a proxy swallowing bytes): all tests share one process,
+/// and two outages at once would compete for a busy machine's cores and stretch each other's
+/// recoveries. One such test runs at a time, beside at most one ordinary test of libtest's other
+/// thread. A tokio mutex, which a failing test does not poison.
+pub async fn one_fault_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    FAULTS.lock().await
 }
 
 /// Runs a watchdog shell script in the background, its output discarded: it ends a server of
@@ -184,6 +185,31 @@ pub async fn produce_all(
     }
 }
 
+/// What the HTTP handlers get in the service (`Application::build`), for tests that serve the
+/// API in-process over the database at `url`: the REST caps at their defaults
+/// (`API_MAX_LIMIT` 1000, `API_MAX_RANGE_HOURS` 168, `API_MAX_BUCKETS` 5000), at most
+/// `max_samples` samples per PromQL query, and no token.
+pub fn app_state(
+    url: &str,
+    storage: panopticon::db::queries::SharedStorage,
+    max_samples: u32,
+) -> panopticon::http::AppState {
+    let pool = panopticon::db::queries::pool(url, 2, &Default::default()).expect("pool");
+    let api = panopticon::http::api::ApiState {
+        pool,
+        storage,
+        max_limit: 1000,
+        max_range: chrono::Duration::hours(168),
+        max_buckets: 5000,
+        max_samples,
+    };
+    panopticon::http::AppState::new(
+        Arc::new(panopticon::stats::Stats::default()),
+        api,
+        panopticon::http::auth::Access::new(None, false),
+    )
+}
+
 /// A database of the test's own, dropped when the test ends.
 pub struct TestDatabase {
     pub name: String,
@@ -262,12 +288,17 @@ pub struct Setup {
 }
 
 pub async fn setup() -> Setup {
+    setup_on(TestDatabase::create().await).await
+}
+
+/// [`setup`] over `db`, e.g. a database on a PostgreSQL server of the test's own.
+pub async fn setup_on(db: TestDatabase) -> Setup {
     let topic = unique("metrics");
     create_topic(&topic).await;
     Setup {
         group: unique("group"),
         topic,
-        db: TestDatabase::create().await,
+        db,
     }
 }
 
@@ -558,17 +589,4 @@ pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<St
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-}
-
-/// Sends a signal (`STOP`, `CONT`) to the shared broker.
-pub fn signal_broker(signal: &str) {
-    with_shared_cluster(|cluster| {
-        let pid = cluster.pid(0).expect("the shared broker runs");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
-    })
 }

@@ -7,9 +7,11 @@
 //! and `postgres` where they are not under `/usr/lib/postgresql/<version>/bin`.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long starting, stopping or one SQL command may take before the test fails.
@@ -423,6 +425,47 @@ pub fn timescaledb_installed() -> bool {
         .join(version)
         .join("extension/timescaledb.control")
         .exists()
+}
+
+/// Whether a test must skip what needs TimescaleDB (`what`, e.g. "the hypertable case"), because
+/// the server binaries lack it. A skip is said at once on the terminal, and again, counted, when
+/// the test process ends, so that a green run that covered no hypertable shows it. Both go
+/// straight to stderr: libtest captures only the output of the `print` macros, and shows even
+/// that only for tests that fail.
+pub fn skip_without_timescaledb(what: &str) -> bool {
+    if timescaledb_installed() {
+        return false;
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let line = format!("{test}: {what} skipped");
+    let _ = writeln!(std::io::stderr(), "TimescaleDB is not installed: {line}");
+    let mut skipped = SKIPPED.lock().unwrap_or_else(PoisonError::into_inner);
+    if skipped.is_empty() {
+        // SAFETY: `report_skips` is a plain function that lives as long as the process.
+        unsafe { atexit(report_skips) };
+    }
+    skipped.push(line);
+    true
+}
+
+/// What [`skip_without_timescaledb`] skipped in this process.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+unsafe extern "C" {
+    /// The C library's: runs a function when the process exits, after libtest's summary.
+    fn atexit(function: extern "C" fn()) -> std::ffi::c_int;
+}
+
+extern "C" fn report_skips() {
+    let skipped = SKIPPED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut report = format!(
+        "TimescaleDB is not installed: {} test(s) skipped what needs it:\n",
+        skipped.len()
+    );
+    for line in skipped.iter() {
+        report.push_str(&format!("  {line}\n"));
+    }
+    let _ = std::io::stderr().write_all(report.as_bytes());
 }
 
 /// Makes `path` belong to `postgres` where the tests run as root, as the server wants its files.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
 
@@ -259,21 +259,30 @@ pub struct SharedTls {
     pub broker: TlsBroker,
 }
 
+/// The broker with these listeners and settings, started by the first call that asks for them:
+/// the tests of one subject share a broker, and subjects that configure it differently (TLS,
+/// SASL, ACLs) each get their own, although all run in one process.
 pub fn shared(listeners: &[(&str, &str)], extra: &[(&str, &str)]) -> &'static SharedTls {
-    static SHARED: OnceLock<SharedTls> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let certs = Certs::make();
-        harness::spawn_watchdog(
-            "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; rm -rf \"$2\"",
-            &[
-                std::process::id().to_string(),
-                certs.dir.path().display().to_string(),
-            ],
-        )
-        .expect("start a watchdog");
-        let broker = TlsBroker::start_listeners(&certs, listeners, extra);
-        SharedTls { certs, broker }
-    })
+    static SHARED: Mutex<Vec<(String, &'static SharedTls)>> = Mutex::new(Vec::new());
+    let key = format!("{listeners:?} {extra:?}");
+    // Held while a broker starts, so that two tests asking for the same one start it once.
+    let mut brokers = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, shared)) = brokers.iter().find(|(k, _)| *k == key) {
+        return shared;
+    }
+    let certs = Certs::make();
+    harness::spawn_watchdog(
+        "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; rm -rf \"$2\"",
+        &[
+            std::process::id().to_string(),
+            certs.dir.path().display().to_string(),
+        ],
+    )
+    .expect("start a watchdog");
+    let broker = TlsBroker::start_listeners(&certs, listeners, extra);
+    let shared: &'static SharedTls = Box::leak(Box::new(SharedTls { certs, broker }));
+    brokers.push((key, shared));
+    shared
 }
 
 /// librdkafka settings for a test client of a TLS broker, trusting `ca`.

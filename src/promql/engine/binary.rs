@@ -60,7 +60,9 @@ impl Ctx {
         if let Some(m) = modifier
             && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
         {
-            return Err(PromError::unsupported("fill values of a vector match"));
+            return Err(PromError::unsupported(
+                "the experimental fill modifiers of a vector match (fill, fill_left, fill_right)",
+            ));
         }
         let return_bool = modifier.is_some_and(|m| m.return_bool);
         let l = self.eval(&b.lhs, steps)?;
@@ -267,22 +269,8 @@ fn vector_vector(
     let mut one_at: Vec<Option<usize>> = vec![None; names.len()];
     let mut matched: Vec<Option<usize>> = vec![None; names.len()];
     for i in 0..steps.n {
-        one_at.iter_mut().for_each(|x| *x = None);
+        index_one_side(one, &osig, &names, swapped, i, &mut one_at)?;
         matched.iter_mut().for_each(|x| *x = None);
-        for (j, s) in one.iter().enumerate() {
-            if s.points[i].is_none() {
-                continue;
-            }
-            if let Some(prev) = one_at[osig[j]] {
-                return Err(duplicate_match(
-                    &names[osig[j]],
-                    swapped,
-                    &s.labels,
-                    &one[prev].labels,
-                ));
-            }
-            one_at[osig[j]] = Some(j);
-        }
         for (j, s) in many.iter().enumerate() {
             let (Some(mv), Some(o)) = (s.points[i], one_at[msig[j]]) else {
                 continue;
@@ -314,10 +302,7 @@ fn vector_vector(
                 return Err(if one_to_one {
                     duplicate_labelset()
                 } else {
-                    PromError::Execution(
-                        "multiple matches for labels: grouping labels must ensure unique matches"
-                            .into(),
-                    )
+                    not_unique_in_group()
                 });
             }
             out[k].points[i] = Some(v);
@@ -325,6 +310,40 @@ fn vector_vector(
     }
     out.retain(|s| s.points.iter().any(Option::is_some));
     Ok(out)
+}
+
+/// Which series of the "one" side holds each signature at step `i` (`one_at`, by signature);
+/// two of them with the same signature is Prometheus's many-to-many error.
+fn index_one_side(
+    one: &[Series],
+    osig: &[usize],
+    names: &[Labels],
+    swapped: bool,
+    i: usize,
+    one_at: &mut [Option<usize>],
+) -> Result<(), PromError> {
+    one_at.iter_mut().for_each(|x| *x = None);
+    for (j, s) in one.iter().enumerate() {
+        if s.points[i].is_none() {
+            continue;
+        }
+        if let Some(prev) = one_at[osig[j]] {
+            return Err(duplicate_match(
+                &names[osig[j]],
+                swapped,
+                &s.labels,
+                &one[prev].labels,
+            ));
+        }
+        one_at[osig[j]] = Some(j);
+    }
+    Ok(())
+}
+
+fn not_unique_in_group() -> PromError {
+    PromError::Execution(
+        "multiple matches for labels: grouping labels must ensure unique matches".into(),
+    )
 }
 
 /// The labels of a result: the "many" side's, less the name for arithmetic, restricted to

@@ -34,6 +34,7 @@ use promql_parser::parser::Expr;
 use promql_parser::parser::value::ValueType;
 
 use super::{Labels, Limits, PromError, Series, Steps, Value};
+pub(crate) use selectors::matchers as selector_matchers;
 pub(crate) use summaries::{Answer, Need};
 
 /// What the engine asks storage for: every series the matchers select, with its samples at
@@ -42,18 +43,18 @@ pub(crate) use summaries::{Answer, Need};
 /// give the same result.
 #[derive(Debug, Clone)]
 pub(crate) struct Selection {
-    pub matchers: Matchers,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub need: Need,
+    pub(crate) matchers: Matchers,
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    pub(crate) need: Need,
 }
 
 /// One stored series and its samples, ascending by time.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SampleSeries {
-    pub labels: Labels,
-    pub timestamps: Vec<i64>,
-    pub values: Vec<f64>,
+pub(crate) struct SampleSeries {
+    pub(crate) labels: Labels,
+    pub(crate) timestamps: Vec<i64>,
+    pub(crate) values: Vec<f64>,
 }
 
 pub(crate) trait Storage {

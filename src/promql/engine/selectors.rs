@@ -12,8 +12,8 @@ use crate::promql::{LOOKBACK_MS, Limits, NAME_LABEL, PromError, Series, Steps};
 
 /// Every selector of a query with the span it reads, and the key its samples go by.
 pub(super) struct Plan {
-    pub selections: Vec<Selection>,
-    pub keys: Vec<usize>,
+    pub(crate) selections: Vec<Selection>,
+    pub(crate) keys: Vec<usize>,
 }
 
 /// Lists the selections `expr` needs when evaluated over `steps`.
@@ -127,7 +127,7 @@ fn push(
 }
 
 /// The selector's matchers, with its metric name as a `__name__` matcher.
-fn matchers(vs: &VectorSelector) -> promql_parser::label::Matchers {
+pub(crate) fn matchers(vs: &VectorSelector) -> promql_parser::label::Matchers {
     let mut matchers = vs.matchers.clone();
     if let Some(name) = &vs.name {
         let named = matchers
@@ -237,31 +237,35 @@ pub(super) type Indexed = (SampleSeries, Vec<Option<usize>>);
 
 /// A range argument of a function: series of samples and the window each step sees.
 pub(super) struct RangeArg {
-    pub series: Vec<SampleSeries>,
-    pub range_ms: i64,
+    pub(crate) series: Vec<SampleSeries>,
+    pub(crate) range_ms: i64,
     /// The right edge of each step's window (included); the left edge is `range_ms` older
     /// (excluded).
-    pub refs: Vec<i64>,
+    pub(crate) refs: Vec<i64>,
     /// The time each step is evaluated at (`predict_linear` extrapolates from it).
-    pub evals: Vec<i64>,
+    pub(crate) evals: Vec<i64>,
 }
 
 /// The samples one step of a range argument sees.
 pub(super) struct Window<'a> {
-    pub timestamps: &'a [i64],
-    pub values: &'a [f64],
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub eval_ms: i64,
-    pub range_ms: i64,
+    pub(crate) timestamps: &'a [i64],
+    pub(crate) values: &'a [f64],
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    pub(crate) eval_ms: i64,
+    pub(crate) range_ms: i64,
     /// The index of the step.
-    pub step: usize,
+    pub(crate) step: usize,
 }
 
 impl RangeArg {
     /// Applies `f` to every window of every series, in one pass over each series' samples;
     /// series without a value at any step are left out.
-    pub fn map(&self, keep_name: bool, mut f: impl FnMut(&Window) -> Option<f64>) -> Vec<Series> {
+    pub(super) fn map(
+        &self,
+        keep_name: bool,
+        mut f: impl FnMut(&Window) -> Option<f64>,
+    ) -> Vec<Series> {
         let mut out = Vec::with_capacity(self.series.len());
         for s in &self.series {
             let (mut lo, mut hi) = (0, 0);
@@ -306,7 +310,7 @@ impl RangeArg {
     }
 
     /// The samples each series has in the window of step `i`, for a matrix answer.
-    pub fn windows_at(&self, i: usize) -> Vec<SampleSeries> {
+    pub(super) fn windows_at(&self, i: usize) -> Vec<SampleSeries> {
         let end = self.refs[i];
         let start = end - self.range_ms;
         self.series

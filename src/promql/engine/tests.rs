@@ -559,6 +559,7 @@ fn experimental_and_histogram_functions_are_refused_by_name() {
             "limit_ratio(0.5, m)",
             "experimental aggregation limit_ratio",
         ),
+        ("m + fill_left(0) m", "experimental fill modifiers"),
     ] {
         match error(&mem, q, 0) {
             PromError::Execution(m) => {
