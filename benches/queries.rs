@@ -351,10 +351,8 @@ async fn database(server: &pg::OwnPostgres, hypertable: bool) -> anyhow::Result<
         name.to_owned()
     };
     let url = format!("postgres://{owner}@127.0.0.1:{}/{name}", server.port());
-    panopticon::db::migrate(&url).await?;
-    let client = panopticon::db::connect(&url, &Default::default()).await?;
-    let storage = panopticon::db::describe_storage(&client).await?;
-    if storage.hypertable != hypertable {
+    let (_client, storage) = panopticon::db::prepare(&url, &Default::default()).await?;
+    if storage.storage.is_hypertable() != hypertable {
         bail!(
             "{name}: wanted hypertable={hypertable}, got {}",
             storage.description

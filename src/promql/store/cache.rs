@@ -24,19 +24,19 @@ use super::minutes::HOUR_MS;
 #[derive(Debug, Default)]
 pub(super) struct Hour {
     /// Its number ([`hour_of`]).
-    pub number: i64,
-    pub series: Vec<(Box<[u8]>, [String; 4])>,
-    pub rows: Vec<Row>,
-    pub values: Vec<f64>,
-    pub stride: usize,
+    pub(super) number: i64,
+    pub(super) series: Vec<(Box<[u8]>, [String; 4])>,
+    pub(super) rows: Vec<Row>,
+    pub(super) values: Vec<f64>,
+    pub(super) stride: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Row {
-    pub series: u32,
-    pub minute_ms: i64,
-    pub count: f64,
-    pub last_ms: i64,
+    pub(super) series: u32,
+    pub(super) minute_ms: i64,
+    pub(super) count: f64,
+    pub(super) last_ms: i64,
 }
 
 impl Hour {
@@ -54,7 +54,7 @@ impl Hour {
 
     /// Adds the rows another read of the same hour made (a read split between two
     /// connections may cut an hour in two): only both halves are the whole hour.
-    pub fn absorb(&mut self, other: Hour) {
+    pub(super) fn absorb(&mut self, other: Hour) {
         let offset = self.series.len() as u32;
         self.series.extend(other.series);
         self.rows.extend(other.rows.into_iter().map(|row| Row {
@@ -65,7 +65,7 @@ impl Hour {
     }
 
     /// The values of row `i`.
-    pub fn values_of(&self, i: usize) -> &[f64] {
+    pub(super) fn values_of(&self, i: usize) -> &[f64] {
         &self.values[i * self.stride..(i + 1) * self.stride]
     }
 }
