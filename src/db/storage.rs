@@ -36,44 +36,37 @@ pub async fn prepare(url: &str, timeouts: &Timeouts) -> Result<(Client, Found), 
     migrate(url).await?;
     let client = connect(url, timeouts).await?;
     // Bounded: it waits for the lifecycle's advisory lock, which another instance may hold.
-    within(
+    let server = within(
         timeouts.statement,
         "the TimescaleDB check",
         timescale::adopt(&client),
     )
     .await?;
-    let found = within(
-        timeouts.statement,
-        "the storage check",
-        describe_storage(&client),
-    )
-    .await?;
-    Ok((client, found))
+    Ok((client, describe_storage(&server)))
 }
 
 /// Says whether rows go to a TimescaleDB hypertable or a plain PostgreSQL table, and why a
 /// plain table where the server has TimescaleDB. Whether the hypertable's minute aggregate
 /// exists is known only once the lifecycle is set up.
-async fn describe_storage(client: &Client) -> Result<Found, DbError> {
-    let server = timescale::ServerState::read(client).await?;
+fn describe_storage(server: &timescale::ServerState) -> Found {
     let plain = |why: String| Found {
         storage: Storage::Table,
         description: format!("plain PostgreSQL table ({why})"),
     };
     let Some(available) = &server.available else {
-        return Ok(plain("timescaledb extension not available".into()));
+        return plain("timescaledb extension not available".into());
     };
     if !server.preloaded {
-        return Ok(plain(format!(
+        return plain(format!(
             "TimescaleDB {available} installed but not in shared_preload_libraries"
-        )));
+        ));
     }
     let Some(version) = &server.created else {
-        return Ok(plain(format!(
+        return plain(format!(
             "TimescaleDB {available} available, extension not created"
-        )));
+        ));
     };
-    Ok(if server.hypertable {
+    if server.hypertable {
         Found {
             storage: Storage::Hypertable {
                 minute_aggregate: false,
@@ -82,5 +75,56 @@ async fn describe_storage(client: &Client) -> Result<Found, DbError> {
         }
     } else {
         plain(format!("TimescaleDB {version} present, not a hypertable"))
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timescale::ServerState;
+
+    #[test]
+    fn the_storage_and_its_reason_follow_the_servers_state() {
+        let state =
+            |available: Option<&str>, preloaded, created: Option<&str>, hypertable| ServerState {
+                available: available.map(str::to_owned),
+                preloaded,
+                created: created.map(str::to_owned),
+                hypertable,
+            };
+        let cases = [
+            (
+                state(None, false, None, false),
+                Storage::Table,
+                "plain PostgreSQL table (timescaledb extension not available)",
+            ),
+            (
+                state(Some("2.26.4"), false, None, false),
+                Storage::Table,
+                "plain PostgreSQL table (TimescaleDB 2.26.4 installed but not in shared_preload_libraries)",
+            ),
+            (
+                state(Some("2.26.4"), true, None, false),
+                Storage::Table,
+                "plain PostgreSQL table (TimescaleDB 2.26.4 available, extension not created)",
+            ),
+            (
+                state(Some("2.26.4"), true, Some("2.26.3"), false),
+                Storage::Table,
+                "plain PostgreSQL table (TimescaleDB 2.26.3 present, not a hypertable)",
+            ),
+            (
+                state(Some("2.26.4"), true, Some("2.26.3"), true),
+                Storage::Hypertable {
+                    minute_aggregate: false,
+                },
+                "TimescaleDB 2.26.3 hypertable",
+            ),
+        ];
+        for (server, storage, description) in cases {
+            let found = describe_storage(&server);
+            assert_eq!(found.storage, storage, "{server:?}");
+            assert_eq!(found.description, description, "{server:?}");
+        }
+    }
 }

@@ -79,33 +79,34 @@ impl ServerState {
 /// made plain (installed or preloaded later): an empty table is converted, one holding rows is
 /// left as it is with a WARN naming the statement that converts it. Where TimescaleDB is
 /// installed but not preloaded, says so in one WARN line with the fix. Runs under the
-/// lifecycle's advisory lock, so instances starting together convert once.
-pub(crate) async fn adopt(client: &Client) -> Result<(), DbError> {
+/// lifecycle's advisory lock, so instances starting together convert once. Answers with the
+/// server's state as it is afterwards, for [`super::storage`] to say where rows go.
+pub(crate) async fn adopt(client: &Client) -> Result<ServerState, DbError> {
     let state = ServerState::read(client).await?;
     let Some(available) = &state.available else {
-        return Ok(());
+        return Ok(state);
     };
     if state.hypertable {
-        return Ok(());
+        return Ok(state);
     }
     if !state.preloaded {
         log::warn!(
             "TimescaleDB {available} is installed on the database server but not loaded, so system_metrics stays a plain PostgreSQL table: \
              add shared_preload_libraries = 'timescaledb' to postgresql.conf (or run timescaledb-tune) and restart PostgreSQL to use it"
         );
-        return Ok(());
+        return Ok(state);
     }
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = convert_if_empty(client).await;
+    let result = convert_if_empty(client, state).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
     result
 }
 
-async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
+async fn convert_if_empty(client: &Client, before: ServerState) -> Result<ServerState, DbError> {
     if let Err(e) = client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         .await
@@ -115,12 +116,12 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
              run CREATE EXTENSION timescaledb as a superuser to use it",
             DbError::from(e)
         );
-        return Ok(());
+        return Ok(before);
     }
     // Read again: another instance may have converted it while this one waited for the lock.
-    let state = ServerState::read(client).await?;
+    let mut state = ServerState::read(client).await?;
     if state.hypertable {
-        return Ok(());
+        return Ok(state);
     }
     let empty: bool = client
         .query_one("SELECT NOT EXISTS (SELECT 1 FROM system_metrics)", &[])
@@ -133,7 +134,7 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
              (older TimescaleDB versions refuse it while the table has transition-table triggers: first run {})",
             summaries::DROP_REFUSED_TRIGGERS
         );
-        return Ok(());
+        return Ok(state);
     }
     let convert = "SELECT create_hypertable('system_metrics', 'time', \
          chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)";
@@ -155,15 +156,18 @@ async fn convert_if_empty(client: &Client) -> Result<(), DbError> {
         other => other,
     };
     match converted {
-        Ok(()) => log::info!(
-            "system_metrics converted to a TimescaleDB hypertable (it was an empty plain table)"
-        ),
+        Ok(()) => {
+            log::info!(
+                "system_metrics converted to a TimescaleDB hypertable (it was an empty plain table)"
+            );
+            state.hypertable = true;
+        }
         Err(e) => log::warn!(
             "system_metrics stays a plain PostgreSQL table: converting it failed: {}",
             DbError::from(e)
         ),
     }
-    Ok(())
+    Ok(state)
 }
 
 /// What was set up; a step that failed is logged and left out.
