@@ -3,7 +3,9 @@
 //!
 //!     cargo bench --bench queries
 //!
-//! Makes 24 h of 500 pods, one sample every 10 s (4.32 M rows, each two samples), at times
+//! Makes 24 h of 500 pods (`BENCH_DAYS` days of them where set: every query's step is then at
+//! least 5 minutes, as Grafana picks for a week), one sample every 10 s (4.32 M rows a day,
+//! each two samples), at times
 //! 1.234 s past each 10 s so that no sample lies on a window's edge (Prometheus 2.x includes
 //! a sample there, 3.x does not). The rows are copied into a fresh database made by the
 //! service's migrations; the same samples are written as OpenMetrics and imported with
@@ -17,7 +19,13 @@
 //! within a relative 1e-9) are printed. Queries are asked as Grafana asks them: start and end
 //! multiples of the step. Panopticon is timed twice: first with every stored minute pending
 //! (read from raw samples, as before summaries), then once the rows are summarised into
-//! `system_metrics_minutes` (by a stand-in for the service's summarizer, timed too).
+//! `system_metrics_minutes` (by a stand-in for the service's summarizer, timed too), cold and
+//! warm. Beside each query, the peak resident size (`VmHWM`, reset before) of Prometheus
+//! while it answered and of the bench's own process (which serves Panopticon's HTTP app)
+//! while Panopticon answered, cold and warm.
+//!
+//! `BENCH_STORAGE=plain|hypertable`, `BENCH_RAW=0` (no raw timing), `BENCH_QUERIES=<substring>`
+//! and `BENCH_DAYS` narrow or widen a run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +77,32 @@ const PODS: i64 = 500;
 const INTERVAL_MS: i64 = 10_000;
 const OFFSET_MS: i64 = 1_234;
 const DAY_MS: i64 = 86_400_000;
+
+/// The days of samples made and queried (`BENCH_DAYS`, 1).
+fn days() -> i64 {
+    env_usize("BENCH_DAYS", 1).max(1) as i64
+}
+
+/// The span of samples made and of every query.
+fn span_ms() -> i64 {
+    days() * DAY_MS
+}
+
+/// Resets the peak resident size `/proc/<pid>/status` reports (`VmHWM`) to the present one.
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// The peak resident size of `pid` since [`reset_peak`], in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
 
 /// The first sample's time: a fixed day, so the cached files stay valid.
 const BASE_MS: i64 = 1_796_342_400_000; // 2026-12-05T00:00:00Z
@@ -424,17 +458,19 @@ fn serve(url: &str) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
     Ok((format!("http://127.0.0.1:{port}/prometheus"), handle))
 }
 
-/// Loads a day into one storage and times every query there and on Prometheus, one after
-/// the other, so that both see the same load.
+/// Loads the days into one storage and times every query there and on Prometheus, one after
+/// the other, so that both see the same load; with the peak resident size of each while it
+/// answered.
 async fn compare(
     client: &reqwest::Client,
-    prom: &str,
+    prometheus: &Prometheus,
     url: &str,
     storage: &str,
     raw_too: bool,
     filter: Option<&str>,
 ) -> anyhow::Result<()> {
-    let steps = DAY_MS / INTERVAL_MS;
+    let prom = prometheus.url.as_str();
+    let steps = span_ms() / INTERVAL_MS;
     let loading = Instant::now();
     load(url, steps).await?;
     println!(
@@ -443,17 +479,19 @@ async fn compare(
         loading.elapsed().as_secs_f64()
     );
     let (panopticon, handle) = serve(url)?;
-    let end_of = |step_s: i64| (BASE_MS + DAY_MS) / (step_s * 1000) * (step_s * 1000);
+    let end_of = |step_s: i64| (BASE_MS + span_ms()) / (step_s * 1000) * (step_s * 1000);
+    // Over more than a day, at least the 5-minute step Grafana picks for a week.
     let queries: Vec<(String, i64)> = queries()
         .into_iter()
         .filter(|(q, _)| filter.is_none_or(|f| q.contains(f)))
+        .map(|(q, step_s)| (q, if days() > 1 { step_s.max(300) } else { step_s }))
         .collect();
     let summaries = panopticon::db::connect(url, &Default::default()).await?;
     summarizer::summarise_through(&summaries, i64::MIN).await?;
     let mut raw = Vec::new();
     for (query, step_s) in &queries {
         let end = end_of(*step_s);
-        let start = end - DAY_MS + step_s * 1000;
+        let start = end - span_ms() + step_s * 1000;
         raw.push(if raw_too {
             Some(timed(client, &panopticon, query, start, end, *step_s).await)
         } else {
@@ -472,8 +510,8 @@ async fn compare(
         load_average()
     );
     println!(
-        "{:<92} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} agree (raw/cold/warm)",
-        format!("query (24 h of 500 pods, {storage})"),
+        "{:<92} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} {:>14} agree (raw/cold/warm)",
+        format!("query ({} h of 500 pods, {storage})", span_ms() / 3_600_000),
         "step",
         "raw",
         "cold",
@@ -481,7 +519,8 @@ async fn compare(
         "Prometheus",
         "raw/P",
         "cold/P",
-        "warm/P"
+        "warm/P",
+        "peak MiB P/us"
     );
     let show = |r: &Option<anyhow::Result<(f64, Answer)>>| match r {
         Some(Ok((ms, _))) => format!("{ms:>9.0}ms"),
@@ -490,11 +529,16 @@ async fn compare(
     };
     for ((query, step_s), raw) in queries.iter().zip(raw) {
         let end = end_of(*step_s);
-        let start = end - DAY_MS + step_s * 1000;
+        let start = end - span_ms() + step_s * 1000;
+        let us = std::process::id();
+        reset_peak(us);
         let (cold, cold_answer) =
             timed_cold(client, &panopticon, &summaries, query, start, end, *step_s).await?;
         let ours = Some(timed(client, &panopticon, query, start, end, *step_s).await);
+        let our_peak = peak_mib(us);
+        reset_peak(prometheus.child.id());
         let theirs = timed(client, prom, query, start, end, *step_s).await?;
+        let their_peak = peak_mib(prometheus.child.id());
         let ratio = |r: &Option<anyhow::Result<(f64, Answer)>>| match r {
             Some(Ok((ms, _))) => format!("{:>7.2}", ms / theirs.0),
             _ => format!("{:>7}", "-"),
@@ -505,13 +549,14 @@ async fn compare(
             None => "-".into(),
         };
         println!(
-            "{query:<92} {step_s:>5} {} {cold:>9.0}ms {} {:>9.0}ms {} {:>7.2} {} {}/{}/{}",
+            "{query:<92} {step_s:>5} {} {cold:>9.0}ms {} {:>9.0}ms {} {:>7.2} {} {:>14} {}/{}/{}",
             show(&raw),
             show(&ours),
             theirs.0,
             ratio(&raw),
             cold / theirs.0,
             ratio(&ours),
+            format!("{their_peak:.0}/{our_peak:.0}"),
             agrees(&raw),
             agree(&cold_answer, &theirs.1),
             agrees(&ours)
@@ -551,7 +596,7 @@ async fn main() -> anyhow::Result<()> {
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-queries");
     std::fs::create_dir_all(&cache)?;
     println!("load average at the start {}", load_average());
-    let steps = DAY_MS / INTERVAL_MS;
+    let steps = span_ms() / INTERVAL_MS;
     let tsdb = tokio::task::spawn_blocking({
         let cache = cache.clone();
         move || blocks(&cache, steps)
@@ -585,7 +630,7 @@ async fn main() -> anyhow::Result<()> {
         let url = database(&server, hypertable).await?;
         compare(
             &client,
-            &prometheus.url,
+            &prometheus,
             &url,
             storage,
             raw_too,

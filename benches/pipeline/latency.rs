@@ -1,5 +1,9 @@
 //! Phase 4: latency at a steady rate into a freshly started service, produce → row visible.
 //!
+//! The stream starts once the service has its partitions (`/ready`): the figures are those of
+//! a running service, and `ready_after_ms` tells apart the one-off wait for the consumer
+//! group's assignment (which a message produced meanwhile waits out on top of its latency).
+//!
 //! The service stores a batch's rows and each partition's next offset (`kafka_offsets`) in one
 //! transaction, so the message at offset `o` of partition `p` is visible exactly when
 //! `kafka_offsets` says `next_offset > o` for `p`. A [`Poller`] reads that table every 10 ms; a
@@ -30,6 +34,8 @@ use crate::{now_ms, round3, within};
 #[derive(Serialize)]
 pub struct Latency {
     pub messages: usize,
+    /// From the consumer's connection to its partitions' assignment.
+    pub ready_after_ms: f64,
     pub achieved_rate: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -66,6 +72,7 @@ pub async fn run(
     let group = format!("latency_{}", uuid::Uuid::new_v4().simple());
     let mut service = Service::spawn(settings, &service_env(broker, &topic, &group, &db))?;
     service.wait_for_log("Kafka consumer connected", Duration::from_secs(60))?;
+    let ready_after = service.wait_until_ready(Duration::from_secs(60)).await?;
     let pid = service.process.pid();
     let total = (settings.latency_rate * settings.latency_secs) as usize;
     ensure!(
@@ -119,6 +126,7 @@ pub async fn run(
     latencies.sort_by(f64::total_cmp);
     Ok(Latency {
         messages: total,
+        ready_after_ms: round3(ready_after.as_secs_f64() * 1000.0),
         achieved_rate: (total as f64 / produce_seconds).round(),
         p50_ms: round3(percentile(&latencies, 50.0)),
         p90_ms: round3(percentile(&latencies, 90.0)),

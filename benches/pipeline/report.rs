@@ -317,7 +317,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
     );
     let _ = writeln!(
         out,
-        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms)",
+        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms; the stream started once the service was ready, {:.0} ms after it connected)",
         settings.latency_rate,
         settings.latency_secs,
         json_text(&latency.achieved_rate),
@@ -326,6 +326,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
         latency.p99_ms,
         latency.max_ms,
         latency.poll_interval_ms,
+        latency.ready_after_ms,
     );
     let _ = writeln!(
         out,

@@ -101,6 +101,33 @@ impl Service {
         log.lines[start..].join("\n")
     }
 
+    /// Waits until `GET /ready` answers 200 (the consumer has its partitions), `timeout` at
+    /// most; answers how long that took.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let started = Instant::now();
+        loop {
+            let ready = client
+                .get(format!("http://127.0.0.1:{}/ready", self.port))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "the service was not ready within {} s:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /status`, as the service answers it, or `{"error": …}`.
     pub async fn status(&self) -> Value {
         let get = async {
