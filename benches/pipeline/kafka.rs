@@ -29,6 +29,8 @@ pub async fn create_topic(broker: &str, topic: &str, partitions: i32) -> anyhow:
 pub struct Deliveries {
     /// `(partition, offset)` by message index; empty when positions are not tracked.
     pub positions: Mutex<Vec<(i32, i64)>>,
+    /// When each message's delivery report came, by message index; empty when not tracked.
+    pub acked_at: Mutex<Vec<Option<std::time::Instant>>>,
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
     pub first_error: Mutex<Option<String>>,
@@ -62,6 +64,10 @@ impl ProducerContext for Tracking {
                 let mut positions = self.0.positions.lock().unwrap();
                 if let Some(slot) = positions.get_mut(index) {
                     *slot = (message.partition(), message.offset());
+                }
+                drop(positions);
+                if let Some(slot) = self.0.acked_at.lock().unwrap().get_mut(index) {
+                    *slot = Some(std::time::Instant::now());
                 }
             }
             Err((e, _)) => {

@@ -317,7 +317,7 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
     );
     let _ = writeln!(
         out,
-        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms; the stream started once the service was ready, {:.0} ms after it connected)",
+        "latency @ {} msg/s for {} s (achieved {} msg/s), produce → row visible: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {:.1} ms; the stream started once the service was ready, {:.0} ms after it connected, and its first {} s, p99 {:.0} ms, are not counted)",
         settings.latency_rate,
         settings.latency_secs,
         json_text(&latency.achieved_rate),
@@ -327,6 +327,13 @@ fn details(out: &mut String, settings: &Settings, phases: &Phases) {
         latency.max_ms,
         latency.poll_interval_ms,
         latency.ready_after_ms,
+        settings.latency_warmup_secs,
+        latency.warmup_p99_ms,
+    );
+    let _ = writeln!(
+        out,
+        "latency p99 by partition {:?} ms, by second of the stream {:?} ms; produce → broker's acknowledgement p99 by second {:?} ms",
+        latency.p99_ms_by_partition, latency.p99_ms_by_second, latency.ack_p99_ms_by_second
     );
     let _ = writeln!(
         out,
