@@ -314,6 +314,15 @@ impl Setup {
     pub fn env(&self) -> HashMap<String, String> {
         service_env(&self.topic, &self.group, &self.db)
     }
+
+    /// [`Setup::env`] with `settings` added or replacing its own.
+    pub fn env_with(&self, settings: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = self.env();
+        for (key, value) in settings {
+            env.insert((*key).into(), (*value).into());
+        }
+        env
+    }
 }
 
 /// Environment for a service consuming `topic` as group `group` into `db`.
