@@ -105,6 +105,42 @@ fn error_lines(app: &TestApp) -> Vec<String> {
     app.lines_containing(" ERROR ")
 }
 
+/// The service consuming a topic of its own (one partition), its group and a fresh database,
+/// logged in as a user of its own allowed what `grant(user, topic, dead-letter topic, group)`
+/// allows; the dead-letter topic is made first only `with_dlq`.
+struct Consuming {
+    user: String,
+    topic: String,
+    dlq: String,
+    app: TestApp,
+    db: TestDatabase,
+}
+
+async fn consuming_as_new_user(
+    with_dlq: bool,
+    grant: impl FnOnce(&str, &str, &str, &str),
+) -> Consuming {
+    let user = new_user();
+    let topic = unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    let group = unique("group");
+    let topics = [(topic.as_str(), 1), (dlq.as_str(), 1)];
+    acls()
+        .broker
+        .create_topics(&topics[..if with_dlq { 2 } else { 1 }])
+        .await;
+    grant(&user, &topic, &dlq, &group);
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    Consuming {
+        user,
+        topic,
+        dlq,
+        app,
+        db,
+    }
+}
+
 /// Produces an invalid message and, behind it, a valid one from `pod` to partition 0 of
 /// `topic`, and waits until the service holds that partition (its dead letter cannot go out):
 /// `/status` then.
@@ -215,14 +251,16 @@ async fn with_least_privilege_every_metric_is_stored_once_and_invalid_ones_are_d
 /// acknowledged, the partition goes on, and the metric behind it is stored once.
 #[tokio::test]
 async fn without_create_and_without_a_dead_letter_topic_the_partition_waits_until_it_is_made() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls().broker.create_topics(&[(topic.as_str(), 1)]).await;
-    allow_least_privilege(&user, &topic, &group);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        topic,
+        dlq,
+        app,
+        db,
+        ..
+    } = consuming_as_new_user(false, |user, topic, _, group| {
+        allow_least_privilege(user, topic, group)
+    })
+    .await;
 
     let line = app
         .wait_for_log(
@@ -414,15 +452,13 @@ async fn without_read_on_the_topic_one_line_names_the_acl_and_ready_is_503_until
 /// make it at start-up.
 #[tokio::test]
 async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls().broker.create_topics(&[(topic.as_str(), 1)]).await;
-    allow_least_privilege(&user, &topic, &group);
-    allow(&user, &["Create"], &["--topic", &dlq]);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        topic, dlq, app, ..
+    } = consuming_as_new_user(false, |user, topic, dlq, group| {
+        allow_least_privilege(user, topic, group);
+        allow(user, &["Create"], &["--topic", dlq]);
+    })
+    .await;
     assert!(
         app.wait_for_log(
             &format!("created dead-letter topic topic={dlq} partitions=1"),
@@ -507,19 +543,18 @@ async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name(
 /// once Write is granted a new producer sends the dead letter, without a restart.
 #[tokio::test]
 async fn without_write_on_the_dead_letter_topic_the_partition_waits_until_it_is_granted() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls()
-        .broker
-        .create_topics(&[(topic.as_str(), 1), (dlq.as_str(), 1)])
-        .await;
-    allow(&user, &["Read", "Describe"], &["--topic", &topic]);
-    allow(&user, &["Read", "Describe"], &["--group", &group]);
-    allow(&user, &["Describe"], &["--topic", &dlq]);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        user,
+        topic,
+        dlq,
+        app,
+        db,
+    } = consuming_as_new_user(true, |user, topic, dlq, group| {
+        allow(user, &["Read", "Describe"], &["--topic", topic]);
+        allow(user, &["Read", "Describe"], &["--group", group]);
+        allow(user, &["Describe"], &["--topic", dlq]);
+    })
+    .await;
     let status = hold_partition_zero(&app, &topic, "behind-the-unwritable-one").await;
     assert_eq!(status["validator"]["held_partitions"][0]["offset"], 0);
     assert!(
