@@ -80,25 +80,16 @@ fn service_env_as(
     group: &str,
     db: &TestDatabase,
 ) -> HashMap<String, String> {
-    let SharedTls { certs, broker } = acls();
-    let mut env = service_env(topic, group, db);
-    env.insert("KAFKA_BROKERS".into(), broker.address_of("SASL_SSL").into());
-    env.insert("KAFKA_SECURITY_PROTOCOL".into(), "sasl_ssl".into());
+    let mut env = acls().service_env("SASL_SSL", "sasl_ssl", topic, group, db);
     env.insert("KAFKA_SASL_MECHANISM".into(), "SCRAM-SHA-512".into());
     env.insert("KAFKA_SASL_USERNAME".into(), user.into());
     env.insert("KAFKA_SASL_PASSWORD".into(), PASSWORD.into());
-    env.insert(
-        "KAFKA_SSL_CA_LOCATION".into(),
-        certs.path("ca.pem").display().to_string(),
-    );
     env
 }
 
 /// The tests' own client, on the PLAINTEXT listener (the super user).
 fn admin() -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", acls().broker.cluster.bootstrap());
-    client
+    client_of(&acls().broker.cluster.bootstrap())
 }
 
 fn error_lines(app: &TestApp) -> Vec<String> {
@@ -477,20 +468,12 @@ async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
 /// metrics; refused, the line names it as the ACLs do.
 #[tokio::test]
 async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name() {
-    let SharedTls { certs, broker } = acls();
+    let shared @ SharedTls { broker, .. } = acls();
     let principal = "CN=panopticon";
     let db = TestDatabase::create().await;
     let env = |topic: &str, group: &str| {
-        let mut env = service_env(topic, group, &db);
-        env.insert("KAFKA_BROKERS".into(), broker.address_of("MTLS").into());
-        env.insert("KAFKA_SECURITY_PROTOCOL".into(), "ssl".into());
-        for (setting, file) in [
-            ("KAFKA_SSL_CA_LOCATION", "ca.pem"),
-            ("KAFKA_SSL_CERTIFICATE_LOCATION", "client.pem"),
-            ("KAFKA_SSL_KEY_LOCATION", "client.key"),
-        ] {
-            env.insert(setting.into(), certs.path(file).display().to_string());
-        }
+        let mut env = shared.service_env("MTLS", "ssl", topic, group, &db);
+        env.extend(shared.client_certificate());
         env
     };
 
