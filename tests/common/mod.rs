@@ -86,6 +86,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// librdkafka settings for a client of the plaintext broker at `brokers`.
+pub fn client_of(brokers: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    client
+}
+
 /// Creates a topic with [`PARTITIONS`] partitions, and its dead-letter topic `<name>.dlq`.
 pub async fn create_topic(name: &str) {
     create_topic_on(broker(), name).await
@@ -93,9 +100,7 @@ pub async fn create_topic(name: &str) {
 
 /// [`create_topic`] on the broker at `brokers`.
 pub async fn create_topic_on(brokers: &str, name: &str) {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", brokers);
-    create_topic_with(&client, name).await;
+    create_topic_with(&client_of(brokers), name).await;
 }
 
 /// [`create_topic`] on the broker `client` connects to.
@@ -106,9 +111,7 @@ pub async fn create_topic_with(client: &ClientConfig, name: &str) {
 
 /// Creates each topic with its number of partitions.
 pub async fn create_topics(topics: &[(&str, i32)]) {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", broker());
-    create_topics_with(&client, topics).await
+    create_topics_with(&client_of(broker()), topics).await
 }
 
 /// [`create_topics`] on the broker `client` connects to.
@@ -138,9 +141,7 @@ pub fn topic_names() -> Vec<String> {
 /// A producer that sends each record at once (`linger.ms=0`), so that what a test produces
 /// reaches the broker before the test goes on.
 pub fn producer() -> FutureProducer {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", broker());
-    producer_on(client)
+    producer_on(client_of(broker()))
 }
 
 /// [`producer`] of the broker `client` connects to.
@@ -293,8 +294,14 @@ pub async fn setup() -> Setup {
 
 /// [`setup`] over `db`, e.g. a database on a PostgreSQL server of the test's own.
 pub async fn setup_on(db: TestDatabase) -> Setup {
+    setup_with(&client_of(broker()), db).await
+}
+
+/// [`setup_on`] with the topic made on the broker `client` connects to, e.g. one of the
+/// test's own. [`Setup::env`] still names the shared broker: such a test sets `KAFKA_BROKERS`.
+pub async fn setup_with(client: &ClientConfig, db: TestDatabase) -> Setup {
     let topic = unique("metrics");
-    create_topic(&topic).await;
+    create_topic_with(client, &topic).await;
     Setup {
         group: unique("group"),
         topic,
@@ -306,6 +313,15 @@ impl Setup {
     /// The service's environment for this topic, group and database.
     pub fn env(&self) -> HashMap<String, String> {
         service_env(&self.topic, &self.group, &self.db)
+    }
+
+    /// [`Setup::env`] with `settings` added or replacing its own.
+    pub fn env_with(&self, settings: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = self.env();
+        for (key, value) in settings {
+            env.insert((*key).into(), (*value).into());
+        }
+        env
     }
 }
 
@@ -542,9 +558,7 @@ pub fn now_ms() -> i64 {
 
 /// Reads every record of a topic from the beginning until `expected` were read or 30 s pass.
 pub async fn consume_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", broker());
-    consume_all_on(client, topic, expected).await
+    consume_all_on(client_of(broker()), topic, expected).await
 }
 
 /// [`consume_all`] from the broker `client` connects to.

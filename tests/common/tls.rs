@@ -2,15 +2,15 @@
 //! certificate it signs for `localhost`, a client certificate, and a second CA that signed
 //! none of them), and Apache Kafka with a TLS listener of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
 
-use super::harness;
 use super::kafka::{ClusterOptions, KafkaCluster};
+use super::{TestDatabase, harness};
 
 /// Certificates in a temporary directory, removed on drop.
 pub struct Certs {
@@ -257,6 +257,47 @@ impl TlsBroker {
 pub struct SharedTls {
     pub certs: Certs,
     pub broker: TlsBroker,
+}
+
+impl SharedTls {
+    /// [`super::service_env`] on the listener `listener`, speaking `protocol` (`ssl`,
+    /// `sasl_ssl`, `sasl_plaintext`) and, over TLS, trusting the test CA.
+    pub fn service_env(
+        &self,
+        listener: &str,
+        protocol: &str,
+        topic: &str,
+        group: &str,
+        db: &TestDatabase,
+    ) -> HashMap<String, String> {
+        let mut env = super::service_env(topic, group, db);
+        env.insert(
+            "KAFKA_BROKERS".into(),
+            self.broker.address_of(listener).into(),
+        );
+        env.insert("KAFKA_SECURITY_PROTOCOL".into(), protocol.into());
+        if protocol.ends_with("ssl") {
+            env.insert(
+                "KAFKA_SSL_CA_LOCATION".into(),
+                self.certs.path("ca.pem").display().to_string(),
+            );
+        }
+        env
+    }
+
+    /// The settings that show the test client's certificate and key (`User:CN=panopticon`).
+    pub fn client_certificate(&self) -> [(String, String); 2] {
+        [
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", "client.pem"),
+            ("KAFKA_SSL_KEY_LOCATION", "client.key"),
+        ]
+        .map(|(setting, file)| {
+            (
+                setting.to_owned(),
+                self.certs.path(file).display().to_string(),
+            )
+        })
+    }
 }
 
 /// The broker with these listeners and settings, started by the first call that asks for them:

@@ -80,29 +80,56 @@ fn service_env_as(
     group: &str,
     db: &TestDatabase,
 ) -> HashMap<String, String> {
-    let SharedTls { certs, broker } = acls();
-    let mut env = service_env(topic, group, db);
-    env.insert("KAFKA_BROKERS".into(), broker.address_of("SASL_SSL").into());
-    env.insert("KAFKA_SECURITY_PROTOCOL".into(), "sasl_ssl".into());
+    let mut env = acls().service_env("SASL_SSL", "sasl_ssl", topic, group, db);
     env.insert("KAFKA_SASL_MECHANISM".into(), "SCRAM-SHA-512".into());
     env.insert("KAFKA_SASL_USERNAME".into(), user.into());
     env.insert("KAFKA_SASL_PASSWORD".into(), PASSWORD.into());
-    env.insert(
-        "KAFKA_SSL_CA_LOCATION".into(),
-        certs.path("ca.pem").display().to_string(),
-    );
     env
 }
 
 /// The tests' own client, on the PLAINTEXT listener (the super user).
 fn admin() -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", acls().broker.cluster.bootstrap());
-    client
+    client_of(&acls().broker.cluster.bootstrap())
 }
 
 fn error_lines(app: &TestApp) -> Vec<String> {
     app.lines_containing(" ERROR ")
+}
+
+/// The service consuming a topic of its own (one partition), its group and a fresh database,
+/// logged in as a user of its own allowed what `grant(user, topic, dead-letter topic, group)`
+/// allows; the dead-letter topic is made first only `with_dlq`.
+struct Consuming {
+    user: String,
+    topic: String,
+    dlq: String,
+    app: TestApp,
+    db: TestDatabase,
+}
+
+async fn consuming_as_new_user(
+    with_dlq: bool,
+    grant: impl FnOnce(&str, &str, &str, &str),
+) -> Consuming {
+    let user = new_user();
+    let topic = unique("metrics");
+    let dlq = format!("{topic}.dlq");
+    let group = unique("group");
+    let topics = [(topic.as_str(), 1), (dlq.as_str(), 1)];
+    acls()
+        .broker
+        .create_topics(&topics[..if with_dlq { 2 } else { 1 }])
+        .await;
+    grant(&user, &topic, &dlq, &group);
+    let db = TestDatabase::create().await;
+    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    Consuming {
+        user,
+        topic,
+        dlq,
+        app,
+        db,
+    }
 }
 
 /// Produces an invalid message and, behind it, a valid one from `pod` to partition 0 of
@@ -215,14 +242,16 @@ async fn with_least_privilege_every_metric_is_stored_once_and_invalid_ones_are_d
 /// acknowledged, the partition goes on, and the metric behind it is stored once.
 #[tokio::test]
 async fn without_create_and_without_a_dead_letter_topic_the_partition_waits_until_it_is_made() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls().broker.create_topics(&[(topic.as_str(), 1)]).await;
-    allow_least_privilege(&user, &topic, &group);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        topic,
+        dlq,
+        app,
+        db,
+        ..
+    } = consuming_as_new_user(false, |user, topic, _, group| {
+        allow_least_privilege(user, topic, group)
+    })
+    .await;
 
     let line = app
         .wait_for_log(
@@ -414,15 +443,13 @@ async fn without_read_on_the_topic_one_line_names_the_acl_and_ready_is_503_until
 /// make it at start-up.
 #[tokio::test]
 async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls().broker.create_topics(&[(topic.as_str(), 1)]).await;
-    allow_least_privilege(&user, &topic, &group);
-    allow(&user, &["Create"], &["--topic", &dlq]);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        topic, dlq, app, ..
+    } = consuming_as_new_user(false, |user, topic, dlq, group| {
+        allow_least_privilege(user, topic, group);
+        allow(user, &["Create"], &["--topic", dlq]);
+    })
+    .await;
     assert!(
         app.wait_for_log(
             &format!("created dead-letter topic topic={dlq} partitions=1"),
@@ -441,20 +468,12 @@ async fn create_on_the_dead_letter_topic_alone_lets_the_service_make_it() {
 /// metrics; refused, the line names it as the ACLs do.
 #[tokio::test]
 async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name() {
-    let SharedTls { certs, broker } = acls();
+    let shared @ SharedTls { broker, .. } = acls();
     let principal = "CN=panopticon";
     let db = TestDatabase::create().await;
     let env = |topic: &str, group: &str| {
-        let mut env = service_env(topic, group, &db);
-        env.insert("KAFKA_BROKERS".into(), broker.address_of("MTLS").into());
-        env.insert("KAFKA_SECURITY_PROTOCOL".into(), "ssl".into());
-        for (setting, file) in [
-            ("KAFKA_SSL_CA_LOCATION", "ca.pem"),
-            ("KAFKA_SSL_CERTIFICATE_LOCATION", "client.pem"),
-            ("KAFKA_SSL_KEY_LOCATION", "client.key"),
-        ] {
-            env.insert(setting.into(), certs.path(file).display().to_string());
-        }
+        let mut env = shared.service_env("MTLS", "ssl", topic, group, &db);
+        env.extend(shared.client_certificate());
         env
     };
 
@@ -507,19 +526,18 @@ async fn over_mutual_tls_the_certificate_subject_is_the_principal_the_acls_name(
 /// once Write is granted a new producer sends the dead letter, without a restart.
 #[tokio::test]
 async fn without_write_on_the_dead_letter_topic_the_partition_waits_until_it_is_granted() {
-    let user = new_user();
-    let topic = unique("metrics");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("group");
-    acls()
-        .broker
-        .create_topics(&[(topic.as_str(), 1), (dlq.as_str(), 1)])
-        .await;
-    allow(&user, &["Read", "Describe"], &["--topic", &topic]);
-    allow(&user, &["Read", "Describe"], &["--group", &group]);
-    allow(&user, &["Describe"], &["--topic", &dlq]);
-    let db = TestDatabase::create().await;
-    let app = TestApp::spawn_consuming(service_env_as(&user, &topic, &group, &db));
+    let Consuming {
+        user,
+        topic,
+        dlq,
+        app,
+        db,
+    } = consuming_as_new_user(true, |user, topic, dlq, group| {
+        allow(user, &["Read", "Describe"], &["--topic", topic]);
+        allow(user, &["Read", "Describe"], &["--group", group]);
+        allow(user, &["Describe"], &["--topic", dlq]);
+    })
+    .await;
     let status = hold_partition_zero(&app, &topic, "behind-the-unwritable-one").await;
     assert_eq!(status["validator"]["held_partitions"][0]["offset"], 0);
     assert!(

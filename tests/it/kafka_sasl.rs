@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::tls::{SharedTls, tls_client};
 use common::*;
-use rdkafka::config::ClientConfig;
 
 /// The broker of this file: `SASL_SSL` and `SASL_PLAINTEXT`, both with SCRAM-SHA-256 and -512.
 fn sasl() -> &'static SharedTls {
@@ -45,29 +44,21 @@ fn service_env_for(
     topic: &str,
     db: &TestDatabase,
 ) -> HashMap<String, String> {
-    let SharedTls { certs, broker } = sasl();
-    let mut env = service_env(topic, &unique("group"), db);
-    env.insert("KAFKA_BROKERS".into(), broker.address_of(listener).into());
-    env.insert(
-        "KAFKA_SECURITY_PROTOCOL".into(),
-        listener.to_ascii_lowercase(),
+    let mut env = sasl().service_env(
+        listener,
+        &listener.to_ascii_lowercase(),
+        topic,
+        &unique("group"),
+        db,
     );
     env.insert("KAFKA_SASL_MECHANISM".into(), mechanism.into());
     env.insert("KAFKA_SASL_USERNAME".into(), user.into());
-    if listener == "SASL_SSL" {
-        env.insert(
-            "KAFKA_SSL_CA_LOCATION".into(),
-            certs.path("ca.pem").display().to_string(),
-        );
-    }
     env
 }
 
 /// A test producer on the PLAINTEXT listener.
 fn admin_producer() -> rdkafka::producer::FutureProducer {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", sasl().broker.cluster.bootstrap());
-    producer_on(client)
+    producer_on(client_of(&sasl().broker.cluster.bootstrap()))
 }
 
 /// Starts the service with a wrong password and checks what it says: one line naming the user

@@ -25,12 +25,8 @@ fn tls() -> &'static SharedTls {
 async fn metrics_dead_letters_and_the_simulator_go_over_tls_and_an_untrusted_ca_is_named() {
     let SharedTls { certs, broker } = tls();
     let client = tls_client(broker.address_of("SSL"), &certs.path("ca.pem"));
-    let topic = unique("metrics");
-    create_topic_with(&client, &topic).await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&topic, &unique("group"), &db);
-    env.insert("KAFKA_BROKERS".into(), broker.address_of("SSL").into());
-    env.insert("KAFKA_SECURITY_PROTOCOL".into(), "ssl".into());
+    let Setup { topic, group, db } = setup_with(&client, TestDatabase::create().await).await;
+    let mut env = tls().service_env("SSL", "ssl", &topic, &group, &db);
 
     // A CA that did not sign the broker's certificate.
     let other_ca = certs.path("other-ca.pem");
@@ -124,13 +120,7 @@ async fn mutual_tls_stores_metrics_with_the_client_certificate_and_is_refused_wi
         .create_topics(&[(topic.as_str(), PARTITIONS), (dlq.as_str(), 1)])
         .await;
     let db = TestDatabase::create().await;
-    let mut env = service_env(&topic, &unique("group"), &db);
-    env.insert("KAFKA_BROKERS".into(), address.into());
-    env.insert("KAFKA_SECURITY_PROTOCOL".into(), "ssl".into());
-    env.insert(
-        "KAFKA_SSL_CA_LOCATION".into(),
-        certs.path("ca.pem").display().to_string(),
-    );
+    let mut env = tls().service_env("MTLS", "ssl", &topic, &unique("group"), &db);
 
     // No client certificate: the broker ends the handshake.
     let app = TestApp::spawn(env.clone());
@@ -151,14 +141,7 @@ async fn mutual_tls_stores_metrics_with_the_client_certificate_and_is_refused_wi
     drop(app);
 
     // With the certificate and its key.
-    env.insert(
-        "KAFKA_SSL_CERTIFICATE_LOCATION".into(),
-        certs.path("client.pem").display().to_string(),
-    );
-    env.insert(
-        "KAFKA_SSL_KEY_LOCATION".into(),
-        certs.path("client.key").display().to_string(),
-    );
+    env.extend(tls().client_certificate());
     let app = TestApp::spawn_consuming(env);
     let mut client = tls_client(address, &certs.path("ca.pem"));
     client

@@ -103,9 +103,7 @@ async fn wait_not_ready(app: &TestApp, within: Duration) -> String {
 #[tokio::test]
 async fn a_database_that_stops_answering_is_given_up_and_reconnected_without_loss_or_duplicates() {
     let _alone = one_fault_at_a_time().await;
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let db = TestDatabase::create().await;
+    let Setup { topic, group, db } = setup().await;
     // `postgres://<user>@<host:port>/<database>`, on the server TEST_DATABASE_URL names.
     let (server, database) = db
         .url
@@ -114,7 +112,7 @@ async fn a_database_that_stops_answering_is_given_up_and_reconnected_without_los
         .expect("server and database in the URL");
     let server: SocketAddr = server.parse().expect("the server's address");
     let proxy = Proxy::start(server);
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let mut env = service_env(&topic, &group, &db);
     env.insert(
         "DATABASE_URL".into(),
         format!("postgres://postgres@{}/{database}", proxy.address()),
@@ -196,10 +194,9 @@ async fn a_broker_that_stops_answering_is_reconnected_without_loss_or_duplicates
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], broker_port)));
     let _cluster = broker_behind(broker_port, &proxy.address());
     let brokers = proxy.address();
-    let topic = unique("metrics");
-    create_topic_on(&brokers, &topic).await;
-    let db = TestDatabase::create().await;
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let Setup { topic, group, db } =
+        setup_with(&client_of(&brokers), TestDatabase::create().await).await;
+    let mut env = service_env(&topic, &group, &db);
     env.insert("KAFKA_BROKERS".into(), brokers.clone());
     env.insert("KAFKA_SOCKET_TIMEOUT_MS".into(), TIMEOUT_MS.to_string());
     let app = TestApp::spawn_consuming(env);

@@ -14,6 +14,15 @@ fn iso(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Produces `count` metrics to `partition` of the setup's topic, in order, from the pods
+/// `{prefix}{i}`, each with `value` as its CPU and memory, the i-th stamped `ts - i`.
+async fn produce_pods(s: &Setup, partition: i32, prefix: &str, count: i64, value: f64, ts: i64) {
+    let payloads: Vec<Vec<u8>> = (0..count)
+        .map(|i| guide_message(&format!("{prefix}{i}"), value, value, ts - i))
+        .collect();
+    produce(&producer(), &s.topic, partition, &payloads).await;
+}
+
 #[tokio::test]
 async fn guide_method_1_prints_the_metric_line() {
     let s = setup().await;
@@ -239,10 +248,10 @@ async fn an_invalid_message_between_two_valid_ones_is_skipped_and_passed() {
 #[tokio::test]
 async fn rejection_warnings_have_a_cap_of_their_own() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("REJECTION_LOG_MAX_PER_SEC".into(), "2".into());
-    env.insert("METRIC_LOG_MAX_PER_SEC".into(), "1000".into());
-    let app = TestApp::spawn_consuming(env);
+    let app = TestApp::spawn_consuming(s.env_with(&[
+        ("REJECTION_LOG_MAX_PER_SEC", "2"),
+        ("METRIC_LOG_MAX_PER_SEC", "1000"),
+    ]));
     let ts = now_ms();
     let mut payloads = Vec::new();
     for i in 0..10 {
@@ -288,17 +297,14 @@ async fn rejection_warnings_have_a_cap_of_their_own() {
 #[tokio::test]
 async fn a_full_batch_is_flushed_by_size() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("BATCH_MAX_ROWS".into(), "10".into());
-    env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
-    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
-    let app = TestApp::spawn_consuming(env);
+    let app = TestApp::spawn_consuming(s.env_with(&[
+        ("BATCH_MAX_ROWS", "10"),
+        ("BATCH_MAX_WAIT_MS", "3600000"),
+        ("BATCH_FLUSH_WHEN_IDLE", "false"),
+    ]));
     let ts = now_ms();
 
-    let payloads: Vec<Vec<u8>> = (0..25)
-        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, ts - i))
-        .collect();
-    produce(&producer(), &s.topic, 0, &payloads).await;
+    produce_pods(&s, 0, "pod-", 25, 1.0, ts).await;
 
     let status = app
         .wait_for_status("25 rows consumed and a batch flushed", |s| {
@@ -328,15 +334,12 @@ async fn a_full_batch_is_flushed_by_size() {
 #[tokio::test]
 async fn an_idle_writer_flushes_at_once() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("BATCH_MAX_ROWS".into(), "100000".into());
-    env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
-    let app = TestApp::spawn_consuming(env);
+    let app = TestApp::spawn_consuming(s.env_with(&[
+        ("BATCH_MAX_ROWS", "100000"),
+        ("BATCH_MAX_WAIT_MS", "3600000"),
+    ]));
 
-    let payloads: Vec<Vec<u8>> = (0..3)
-        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, now_ms()))
-        .collect();
-    produce(&producer(), &s.topic, 0, &payloads).await;
+    produce_pods(&s, 0, "pod-", 3, 1.0, now_ms()).await;
 
     // Neither the size nor the time trigger is anywhere near: the writer has nothing else to do.
     assert_eq!(
@@ -357,16 +360,10 @@ async fn an_idle_writer_flushes_at_once() {
 #[tokio::test]
 async fn writer_connections_share_the_partitions_and_status_sums_them() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("WRITER_CONNECTIONS".into(), "2".into());
-    let app = TestApp::spawn_consuming(env);
+    let app = TestApp::spawn_consuming(s.env_with(&[("WRITER_CONNECTIONS", "2")]));
     let ts = now_ms();
-    let producer = producer();
     for partition in 0..PARTITIONS {
-        let payloads: Vec<Vec<u8>> = (0..20)
-            .map(|i| guide_message(&format!("pod-{partition}-{i}"), 5.0, 5.0, ts - i))
-            .collect();
-        produce(&producer, &s.topic, partition, &payloads).await;
+        produce_pods(&s, partition, &format!("pod-{partition}-"), 20, 5.0, ts).await;
     }
     let total = 20 * PARTITIONS as i64;
     assert_eq!(
@@ -433,16 +430,13 @@ async fn writer_connections_share_the_partitions_and_status_sums_them() {
 #[tokio::test]
 async fn a_waiting_batch_is_flushed_by_time() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("BATCH_MAX_ROWS".into(), "100000".into());
-    env.insert("BATCH_MAX_WAIT_MS".into(), "300".into());
-    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
-    let app = TestApp::spawn_consuming(env);
+    let app = TestApp::spawn_consuming(s.env_with(&[
+        ("BATCH_MAX_ROWS", "100000"),
+        ("BATCH_MAX_WAIT_MS", "300"),
+        ("BATCH_FLUSH_WHEN_IDLE", "false"),
+    ]));
 
-    let payloads: Vec<Vec<u8>> = (0..3)
-        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, now_ms()))
-        .collect();
-    produce(&producer(), &s.topic, 0, &payloads).await;
+    produce_pods(&s, 0, "pod-", 3, 1.0, now_ms()).await;
 
     assert_eq!(
         wait_for_count(&s.db, "SELECT count(*) FROM system_metrics", 3).await,
@@ -460,18 +454,15 @@ async fn a_waiting_batch_is_flushed_by_time() {
 #[tokio::test]
 async fn a_killed_service_loses_nothing_on_restart() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
-    env.insert("BATCH_MAX_ROWS".into(), "1000000".into());
-    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
+    let mut env = s.env_with(&[
+        ("BATCH_MAX_WAIT_MS", "3600000"),
+        ("BATCH_MAX_ROWS", "1000000"),
+        ("BATCH_FLUSH_WHEN_IDLE", "false"),
+    ]);
     let mut app = TestApp::spawn_consuming(env.clone());
     let ts = now_ms();
-    let producer = producer();
     for partition in 0..PARTITIONS {
-        let payloads: Vec<Vec<u8>> = (0..50)
-            .map(|i| guide_message(&format!("pod-{partition}-{i}"), 5.0, 5.0, ts - i))
-            .collect();
-        produce(&producer, &s.topic, partition, &payloads).await;
+        produce_pods(&s, partition, &format!("pod-{partition}-"), 50, 5.0, ts).await;
     }
     app.wait_for_status("all records buffered", |s| {
         s["writer"]["rows_buffered"] == 150
@@ -498,16 +489,14 @@ async fn a_killed_service_loses_nothing_on_restart() {
 #[tokio::test]
 async fn sigterm_flushes_commits_and_exits_0() {
     let s = setup().await;
-    let mut env = s.env();
-    env.insert("BATCH_MAX_WAIT_MS".into(), "3600000".into());
-    env.insert("BATCH_MAX_ROWS".into(), "1000000".into());
-    env.insert("BATCH_FLUSH_WHEN_IDLE".into(), "false".into());
+    let mut env = s.env_with(&[
+        ("BATCH_MAX_WAIT_MS", "3600000"),
+        ("BATCH_MAX_ROWS", "1000000"),
+        ("BATCH_FLUSH_WHEN_IDLE", "false"),
+    ]);
     let mut app = TestApp::spawn_consuming(env.clone());
     let ts = now_ms();
-    let payloads: Vec<Vec<u8>> = (0..40)
-        .map(|i| guide_message(&format!("pod-{i}"), 5.0, 5.0, ts - i))
-        .collect();
-    produce(&producer(), &s.topic, 1, &payloads).await;
+    produce_pods(&s, 1, "pod-", 40, 5.0, ts).await;
     app.wait_for_status("all records buffered", |s| {
         s["writer"]["rows_buffered"] == 40
     })
@@ -548,17 +537,13 @@ async fn sigterm_flushes_commits_and_exits_0() {
 #[tokio::test]
 async fn a_stalled_database_pauses_consumption_instead_of_buffering() {
     let s = setup().await;
-    let mut env = s.env();
-    for (key, value) in [
+    let app = TestApp::spawn_consuming(s.env_with(&[
         ("BATCH_MAX_ROWS", "10"),
         ("BATCH_MAX_WAIT_MS", "50"),
         ("CONSUMER_CHUNK_MAX", "10"),
         ("VALIDATOR_MAILBOX_CAPACITY", "1"),
         ("WRITER_MAILBOX_CAPACITY", "1"),
-    ] {
-        env.insert(key.into(), value.into());
-    }
-    let app = TestApp::spawn_consuming(env);
+    ]));
     app.wait_for_status("ready", |s| s["ready"] == true).await;
 
     // Hold the table so that every write waits, as behind a stalled disk.
@@ -569,10 +554,7 @@ async fn a_stalled_database_pauses_consumption_instead_of_buffering() {
         .unwrap();
 
     let ts = now_ms();
-    let payloads: Vec<Vec<u8>> = (0..2000)
-        .map(|i| guide_message(&format!("pod-{i}"), 1.0, 1.0, ts - i))
-        .collect();
-    produce(&producer(), &s.topic, 0, &payloads).await;
+    produce_pods(&s, 0, "pod-", 2000, 1.0, ts).await;
 
     let status = app
         .wait_for_status("the consumer to pause", |s| {

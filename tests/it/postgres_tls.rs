@@ -43,19 +43,9 @@ fn database_url(pg: &OwnPostgres, host: &str, query: &str) -> String {
     )
 }
 
+/// The service's settings for `topic` and the database at `url`, in a group of its own.
 fn env_for(url: &str, topic: &str) -> HashMap<String, String> {
-    let mut env = HashMap::from([
-        ("KAFKA_BROKERS".into(), broker().to_owned()),
-        ("KAFKA_TOPIC".into(), topic.to_owned()),
-        ("KAFKA_DLQ_TOPIC".into(), format!("{topic}.dlq")),
-        ("KAFKA_GROUP_ID".into(), unique("group")),
-        ("HTTP_PORT".into(), "0".into()),
-        ("HTTP_HOST".into(), "127.0.0.1".into()),
-        ("BATCH_MAX_WAIT_MS".into(), "200".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ]);
-    env.insert("DATABASE_URL".into(), url.to_owned());
-    env
+    service_env(topic, &unique("group"), &TestDatabase::on(url))
 }
 
 /// Starts the service against `url` and returns its database line and `/ready`'s reason.

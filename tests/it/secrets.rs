@@ -258,8 +258,8 @@ fn help_shows_no_secret_from_the_environment() {
 #[tokio::test]
 async fn no_secret_shows_in_logs_status_metrics_or_errors() {
     // Trust authentication: the server ignores the password, the service still holds it.
-    let db = TestDatabase::create().await;
-    let url = db.url.replacen(
+    let s = setup().await;
+    let url = s.db.url.replacen(
         "postgres://postgres@",
         &format!("postgres://postgres:{DB_PASSWORD}@"),
         1,
@@ -268,9 +268,7 @@ async fn no_secret_shows_in_logs_status_metrics_or_errors() {
     let secrets = tempfile::tempdir().unwrap();
     let url_file = secrets.path().join("database-url");
     std::fs::write(&url_file, format!("{url}\n")).unwrap();
-    let topic = unique("metrics");
-    create_topic(&topic).await;
-    let mut env = service_env(&topic, &unique("group"), &db);
+    let mut env = s.env();
     env.remove("DATABASE_URL");
     env.insert("DATABASE_URL_FILE".into(), url_file.display().to_string());
     env.insert("RUST_LOG".into(), "debug".into());
