@@ -126,13 +126,22 @@ async fn setup() -> (KafkaCluster, Setup) {
     for new in &topics {
         loop {
             let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-            match admin.create_topics([new], &options).await.unwrap()[0] {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => break,
-                Err((_, e)) if Instant::now() < deadline => {
+            // The request as a whole may time out too (no controller elected yet): retried
+            // as a refusal of the topic is.
+            let outcome = match admin.create_topics([new], &options).await {
+                Ok(results) => match &results[0] {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
+                    Err((_, e)) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
                     eprintln!("creating {}: {e}; retrying", new.name);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err((_, e)) => panic!("creating {}: {e}", new.name),
+                Err(e) => panic!("creating {}: {e}", new.name),
             }
         }
     }
