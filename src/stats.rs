@@ -86,6 +86,8 @@ pub struct PassReport {
     pub minutes: u64,
     /// Summary rows written: one per series and minute holding samples.
     pub rows: u64,
+    /// Hours packed into one row per series.
+    pub hours: u64,
 }
 
 /// What one writer connection does; [`Stats`] holds the sums over all of them.

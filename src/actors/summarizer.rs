@@ -80,6 +80,7 @@ async fn run(url: String, timeouts: Timeouts, stats: Arc<Stats>) {
                         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                         minutes: pass.minutes,
                         rows: pass.rows,
+                        hours: pass.hours,
                     });
                 });
             }
@@ -116,7 +117,7 @@ fn explain(error: &DbError) -> String {
     );
     if refused {
         format!(
-            "{error}; grant SELECT, INSERT, DELETE ON system_metrics_minutes, system_metrics_pending to the service's role"
+            "{error}; grant SELECT, INSERT, DELETE ON system_metrics_minutes, system_metrics_pending, system_metrics_hours to the service's role"
         )
     } else {
         error.to_string()

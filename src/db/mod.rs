@@ -19,4 +19,5 @@ pub use error::{DbError, describe, is_transient};
 pub use migrate::{MIGRATIONS, migrate};
 pub use offsets::{OffsetReader, OffsetScope};
 pub use storage::{Found, Storage, prepare};
+pub use summaries::pack_every_hour;
 pub use writer::{AsMetric, COPY_PIECE_BYTES, Session, WriteOutcome, Writer, encode_copy_row};

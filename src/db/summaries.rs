@@ -107,6 +107,56 @@ const DELETE_PENDING: &str = "DELETE FROM system_metrics_pending WHERE id = ANY(
 const REPEND: &str = "INSERT INTO system_metrics_pending (from_ms, to_ms)
     SELECT * FROM unnest($1::int8[], $2::int8[])";
 
+/// How many hours one pass packs at most (an hour of 500 series is 30,000 summary rows).
+const PACK_HOURS: i64 = 6;
+
+/// An hour is packed once it ended this long ago, by the clock: samples a little late are
+/// common, and each would have the hour packed again.
+const PACK_AFTER_MS: i64 = 2 * MINUTE_MS;
+
+/// The length of an hour of summaries, in Unix milliseconds.
+pub(crate) const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// The hours before `$1` whose packed rows are not of their version and that no pending
+/// range touches (the summaries of a pending minute are about to change), newest first: a
+/// dashboard reads the newest hours most. The hour `h` holds the minutes (h × 1 h, (h + 1) ×
+/// 1 h], so the samples (h × 1 h - 1 min, (h + 1) × 1 h].
+const PACKABLE: &str = "
+    SELECT v.hour FROM system_metrics_minutes_versions v
+    WHERE v.packed IS DISTINCT FROM v.version AND v.hour < $1::int8
+      AND NOT EXISTS (
+          SELECT 1 FROM system_metrics_pending p
+          WHERE p.to_ms > v.hour * 3600000 - 60000 AND p.from_ms <= (v.hour + 1) * 3600000)
+    ORDER BY v.hour DESC LIMIT $2::int8";
+
+const UNPACK: &str = "DELETE FROM system_metrics_hours WHERE hour = ANY($1::int8[])";
+
+/// Packs the summaries of each hour of `$1` into one row per series (see the migration
+/// `2026-12-08-000000_summary_hours`).
+const PACK: &str = "
+    INSERT INTO system_metrics_hours
+    SELECT h.hour, m.service, m.pod_name, m.namespace, m.node_name,
+           string_agg(int8send(m.minute_ms), ''::bytea ORDER BY m.minute_ms),
+           string_agg(int4send(m.samples), ''::bytea ORDER BY m.minute_ms),
+           string_agg(int8send(m.last_ms), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.cpu_first), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.cpu_last), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.cpu_min), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.cpu_max), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.cpu_sum), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.memory_first), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.memory_last), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.memory_min), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.memory_max), ''::bytea ORDER BY m.minute_ms),
+           string_agg(float8send(m.memory_sum), ''::bytea ORDER BY m.minute_ms)
+    FROM unnest($1::int8[]) AS h (hour)
+    JOIN system_metrics_minutes m
+      ON m.minute_ms > h.hour * 3600000 AND m.minute_ms <= (h.hour + 1) * 3600000
+    GROUP BY h.hour, m.service, m.pod_name, m.namespace, m.node_name";
+
+const MARK_PACKED: &str =
+    "UPDATE system_metrics_minutes_versions SET packed = version WHERE hour = ANY($1::int8[])";
+
 const PENDING_FIGURES: &str = "SELECT count(*), min(from_ms) FROM system_metrics_pending";
 
 /// The right-closed minute `(minute_ms - 60000, minute_ms]` a sample time falls in.
@@ -169,6 +219,8 @@ pub(crate) struct Pass {
     pub minutes: u64,
     /// Summary rows written (one per series and minute holding samples).
     pub rows: u64,
+    /// Hours packed.
+    pub hours: u64,
     /// Pending ranges left, and the oldest sample time they hold.
     pub pending_ranges: i64,
     pub oldest_pending_ms: Option<i64>,
@@ -299,6 +351,9 @@ async fn pass(client: &Client, limit: Duration) -> Result<Option<Pass>, DbError>
             .sum();
         done.more = !plan.rest.is_empty() || ranges.len() as i64 == MAX_PENDING_ROWS;
     }
+    let packed = pack(client, limit, Utc::now().timestamp_millis()).await?;
+    done.hours = packed as u64;
+    done.more |= packed == PACK_HOURS as usize;
     let figures = within(
         limit,
         "the pending ranges",
@@ -308,6 +363,61 @@ async fn pass(client: &Client, limit: Duration) -> Result<Option<Pass>, DbError>
     done.pending_ranges = figures.get(0);
     done.oldest_pending_ms = figures.get(1);
     Ok(Some(done))
+}
+
+/// Packs at most [`PACK_HOURS`] hours that ended [`PACK_AFTER_MS`] before `now_ms` and
+/// need it, in the pass's transaction; returns how many. The versions read here are those
+/// the hours' rows are packed from: a concurrent change to an hour's summaries conflicts
+/// with the update of its version and fails the pass, leaving nothing half done.
+pub(crate) async fn pack(client: &Client, limit: Duration, now_ms: i64) -> Result<usize, DbError> {
+    let before = (now_ms - PACK_AFTER_MS).div_euclid(HOUR_MS);
+    let hours: Vec<i64> = within(
+        limit,
+        "the hours to pack",
+        client.query(PACKABLE, &[&before, &PACK_HOURS]),
+    )
+    .await?
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    if hours.is_empty() {
+        return Ok(0);
+    }
+    for (what, statement) in [
+        ("the packed hours' delete", UNPACK),
+        ("the hours' packing", PACK),
+        ("the packed hours' versions", MARK_PACKED),
+    ] {
+        within(limit, what, client.execute(statement, &[&hours])).await?;
+    }
+    Ok(hours.len())
+}
+
+/// Packs every hour that ended [`PACK_AFTER_MS`] before `now_ms` and needs it, in one
+/// transaction; returns how many. For tests and benchmarks that summarise by hand: the
+/// summarizer packs a few hours a pass.
+pub async fn pack_every_hour(
+    client: &Client,
+    timeouts: &Timeouts,
+    now_ms: i64,
+) -> Result<usize, DbError> {
+    let limit = timeouts.statement;
+    within(limit, "the packing", client.batch_execute("BEGIN")).await?;
+    let mut packed = 0;
+    let outcome = loop {
+        match pack(client, limit, now_ms).await {
+            Ok(0) => break Ok(packed),
+            Ok(n) => packed += n,
+            Err(e) => break Err(e),
+        }
+    };
+    let end = if outcome.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    within(limit, "the packing", client.batch_execute(end)).await?;
+    outcome
 }
 
 #[cfg(test)]

@@ -458,6 +458,7 @@ mod tests {
                 duration_ms: 250.0,
                 minutes: 2,
                 rows: 1000,
+                hours: 0,
             }),
             passes: 9,
             deferred: 1,

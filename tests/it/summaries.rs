@@ -460,3 +460,91 @@ async fn kept_hours_of_summaries_answer_only_while_they_are_what_the_table_holds
     wait_until_summarised(&s.db).await;
     assert_window_exact(&app, &s.db, t, "after another instance's pass").await;
 }
+
+/// How many hours' packed rows are of the hours' current versions.
+async fn packed_hours(db: &TestDatabase) -> i64 {
+    db.count("SELECT count(*) FROM system_metrics_minutes_versions WHERE packed = version")
+        .await
+}
+
+async fn wait_until_packed(db: &TestDatabase, hours: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while packed_hours(db).await < hours {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hours still unpacked after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn packed_hours_answer_only_at_the_version_they_were_packed_from() {
+    let s = setup().await;
+    // Nothing kept in the service's memory: every ask reads the database.
+    let app = TestApp::spawn_consuming(s.env_with(&[("PROMETHEUS_SUMMARY_CACHE_MB", "0")]));
+    let hour = 3_600_000;
+    // Three whole hours, over before the clock's last two minutes, and the window (t - 3 h,
+    // t] at their end.
+    let t = ((now_ms() - 3 * 60_000) / hour) * hour;
+    let start = t - 3 * hour + 30_000;
+    let payloads = metrics(3, start, t, 60_000);
+    send(&s.topic, &payloads).await;
+    wait_for_rows(&s.db, payloads.len() as i64).await;
+    wait_until_summarised(&s.db).await;
+    wait_until_packed(&s.db, 3).await;
+    assert_window_exact(&app, &s.db, t, "packed").await;
+    let status = app
+        .wait_for_status("a pass that packed", |s| {
+            s["summaries"]["last_pass"].is_object()
+        })
+        .await;
+    assert!(
+        status["summaries"]["last_pass"]["hours"].is_u64(),
+        "{:#}",
+        status["summaries"]
+    );
+
+    // The answer comes from the packed rows: changed behind the service's back (no version
+    // moves), every pod's maximum is what they now say.
+    let client = s.db.client().await;
+    client
+        .batch_execute(
+            "UPDATE system_metrics_hours \
+             SET cpu_max = (SELECT string_agg(float8send(123.5), ''::bytea) \
+                            FROM generate_series(1, length(minute_ms) / 8))",
+        )
+        .await
+        .expect("change the packed rows");
+    let changed = promql_window(&app, t).await;
+    assert!(
+        !changed.is_empty() && changed.iter().all(|(_, max, _)| *max == 123.5),
+        "{changed:?}"
+    );
+
+    // A summary of each hour touched (a new version): the packed rows are not taken.
+    client
+        .batch_execute("UPDATE system_metrics_minutes SET samples = samples")
+        .await
+        .expect("touch the summaries");
+    assert_eq!(promql_window(&app, t).await, raw_window(&s.db, t).await);
+    // Packed again from the summaries, and exact.
+    wait_until_packed(&s.db, 3).await;
+    assert_window_exact(&app, &s.db, t, "packed again").await;
+
+    // A late sample in a packed hour: its minute is read raw until summarised, then the
+    // hour is packed again.
+    send(
+        &s.topic,
+        &[(
+            0,
+            guide_message("pod-2", 99.625, 1.0, start + 20 * 60_000 + 500),
+        )],
+    )
+    .await;
+    wait_for_rows(&s.db, payloads.len() as i64 + 1).await;
+    assert_window_exact(&app, &s.db, t, "a late sample").await;
+    wait_until_summarised(&s.db).await;
+    wait_until_packed(&s.db, 3).await;
+    assert_window_exact(&app, &s.db, t, "a late sample packed").await;
+}

@@ -170,15 +170,16 @@ async fn read_one(
     let conditions = pushed(&selection.matchers);
     let pending = pending(client, minutes.after_ms(), minutes.last).await?;
     let fields = fields(&selection.need);
-    let mut columns = vec![
-        "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms".to_owned(),
-    ];
+    let mut values = Vec::new();
     for (metric, read) in Metric::ALL.iter().zip(metrics) {
         if read {
-            columns.extend(fields.iter().map(|f| format!("{}_{f}", metric.column())));
+            values.extend(fields.iter().map(|f| format!(", {}_{f}", metric.column())));
         }
     }
-    let columns = columns.join(", ");
+    let values = values.concat();
+    let columns = format!(
+        "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms{values}"
+    );
     let copy = Copy {
         selection,
         metrics,
@@ -189,44 +190,66 @@ async fn read_one(
         fields,
         read: format!("{columns} | {}", conditions.join(" AND ")).into(),
         columns,
+        values,
     };
 
-    // Whole hours of a read of every minute may come from the cache, at the version the
-    // snapshot gives them; the hours missing are kept once read.
+    // Each whole hour comes, at the version the snapshot gives it, from the cache (a read of
+    // every minute), else from its packed rows where they are of that version, else from its
+    // minutes; the hours the cache misses are kept once read.
     let cache = super::summary_cache();
+    let keep = minutes.contiguous() && cache.enabled();
     let mut kept: Vec<Arc<Hour>> = Vec::new();
     let mut fill: HashMap<i64, String> = HashMap::new();
-    let mut ranges = vec![(minutes.after_ms(), minutes.last)];
-    if minutes.contiguous() && cache.enabled() {
-        let whole = whole_hours(minutes.after_ms(), minutes.last);
-        if let (Some(&first), Some(&last)) = (whole.first(), whole.last()) {
-            for (hour, version) in versions(client, first, last).await? {
-                match cache.get(&copy.read, hour, &version) {
-                    Some(found) => kept.push(found),
-                    None => {
-                        fill.insert(hour, version);
-                    }
+    let mut packed: Vec<i64> = Vec::new();
+    let whole = whole_hours(minutes.after_ms(), minutes.last);
+    if let (Some(&first), Some(&last)) = (whole.first(), whole.last()) {
+        for (hour, version, is_packed) in versions(client, first, last).await? {
+            if keep {
+                if let Some(found) = cache.get(&copy.read, hour, &version) {
+                    kept.push(found);
+                    continue;
                 }
+                fill.insert(hour, version);
+            }
+            if is_packed {
+                packed.push(hour);
             }
         }
-        let mut hours: Vec<i64> = kept.iter().map(|h| h.number).collect();
-        hours.sort_unstable();
-        ranges = without_hours(minutes.after_ms(), minutes.last, &hours);
     }
+    packed.sort_unstable();
+    let mut taken: Vec<i64> = kept
+        .iter()
+        .map(|h| h.number)
+        .chain(packed.clone())
+        .collect();
+    taken.sort_unstable();
+    let ranges = without_hours(minutes.after_ms(), minutes.last, &taken);
 
+    // Two connections share a wide read: halves of the minutes where many are read from
+    // minute rows, else halves of the packed hours.
     let width = |ranges: &[(i64, i64)]| ranges.iter().map(|(a, b)| b - a).sum::<i64>();
     let mut read: Vec<Series> = match second {
         Some(second) if width(&ranges) >= SPLIT_MS => {
             let (older, newer) = split(&ranges);
-            let (older, newer) = futures_util::future::try_join(
-                copy.read(second, &older, &fill),
-                copy.read(client, &newer, &fill),
+            let (mut older, newer) = futures_util::future::try_join(
+                copy.read_all(second, &older, &[], &fill),
+                copy.read_all(client, &newer, &packed, &fill),
             )
             .await?;
-            vec![older, newer]
+            older.extend(newer);
+            older
         }
-        _ if ranges.is_empty() => Vec::new(),
-        _ => vec![copy.read(client, &ranges, &fill).await?],
+        Some(second) if packed.len() >= 2 => {
+            let (older, newer) = packed.split_at(packed.len() / 2);
+            let (mut older, newer) = futures_util::future::try_join(
+                copy.read_all(second, &[], older, &fill),
+                copy.read_all(client, &ranges, newer, &fill),
+            )
+            .await?;
+            older.extend(newer);
+            older
+        }
+        _ => copy.read_all(client, &ranges, &packed, &fill).await?,
     };
     // Each read kept what it read of every hour to fill: the hours split between the two
     // reads are kept whole, both halves joined.
@@ -335,8 +358,7 @@ async fn read_one(
     Ok(Answer::from_parts(&selection.need, out))
 }
 
-/// The length of an hour of summaries, in Unix milliseconds.
-pub(super) const HOUR_MS: i64 = 60 * MINUTE_MS;
+pub(super) use crate::db::summaries::HOUR_MS;
 
 /// The hours whose every minute lies in `(from, to]` (minute ends).
 fn whole_hours(from_ms: i64, to_ms: i64) -> Vec<i64> {
@@ -394,21 +416,25 @@ fn split(ranges: &[(i64, i64)]) -> (Ranges, Ranges) {
     (older, newer)
 }
 
-/// The versions of the hours `first..=last` that have one, in the reader's snapshot.
+/// The versions of the hours `first..=last` that have one, in the reader's snapshot, and
+/// whether the hour's packed rows are of that version.
 async fn versions(
     client: &tokio_postgres::Client,
     first: i64,
     last: i64,
-) -> Result<Vec<(i64, String)>, PromError> {
+) -> Result<Vec<(i64, String, bool)>, PromError> {
     let rows = client
         .query(
-            "SELECT hour, version::text FROM system_metrics_minutes_versions \
-             WHERE hour >= $1::int8 AND hour <= $2::int8",
+            "SELECT hour, version::text, coalesce(packed = version, false) \
+             FROM system_metrics_minutes_versions WHERE hour >= $1::int8 AND hour <= $2::int8",
             &[&first, &last],
         )
         .await
         .map_err(|e| database_error(&e))?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
 }
 
 /// The summary fields a need reads of each metric.
@@ -436,8 +462,10 @@ struct Copy<'a> {
     budget: &'a Budget,
     conditions: &'a [String],
     fields: &'static [&'static str],
-    /// The columns read.
+    /// The columns read of a minute row.
     columns: String,
+    /// The value columns read, each after a comma.
+    values: String,
     /// What is read, columns and conditions: the cache keeps hours by it.
     read: Arc<str>,
 }
@@ -449,6 +477,66 @@ struct Series {
 }
 
 impl Copy<'_> {
+    /// Reads the packed `hours`, then the minutes of `ranges`, over one connection.
+    async fn read_all(
+        &self,
+        client: &tokio_postgres::Client,
+        ranges: &[(i64, i64)],
+        hours: &[i64],
+        fill: &HashMap<i64, String>,
+    ) -> Result<Vec<Series>, PromError> {
+        let mut read = Vec::new();
+        if !hours.is_empty() {
+            read.push(self.read_packed(client, hours, fill).await?);
+        }
+        if !ranges.is_empty() {
+            read.push(self.read(client, ranges, fill).await?);
+        }
+        Ok(read)
+    }
+
+    /// Reads the packed rows of `hours`, keeping aside every minute of the hours `fill`
+    /// names.
+    async fn read_packed(
+        &self,
+        client: &tokio_postgres::Client,
+        hours: &[i64],
+        fill: &HashMap<i64, String>,
+    ) -> Result<Series, PromError> {
+        let hours: Vec<String> = hours.iter().map(i64::to_string).collect();
+        let mut sql_conditions = vec![format!("hour IN ({})", hours.join(", "))];
+        sql_conditions.extend(self.conditions.iter().cloned());
+        let sql = format!(
+            "COPY (SELECT hour, service, pod_name, namespace, node_name, minute_ms, samples, \
+             last_ms{} FROM system_metrics_hours WHERE {}) TO STDOUT (FORMAT binary)",
+            self.values,
+            sql_conditions.join(" AND ")
+        );
+        let mut rows = SummaryRows::new(self, Some(fill));
+        let mut frames = Frames::new(8 + rows.stride);
+        self.stream(client, &sql, &mut frames, &mut |data, spans| {
+            rows.packed_row(data, spans)
+        })
+        .await?;
+        Ok(rows.finish())
+    }
+
+    /// Hands every row of a binary COPY out to `row`.
+    async fn stream(
+        &self,
+        client: &tokio_postgres::Client,
+        sql: &str,
+        frames: &mut Frames,
+        row: &mut impl FnMut(&[u8], &Spans) -> Result<(), PromError>,
+    ) -> Result<(), PromError> {
+        let stream = client.copy_out(sql).await.map_err(|e| database_error(&e))?;
+        let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
+        while let Some(chunk) = stream.next().await {
+            frames.feed(&chunk?, row)?;
+        }
+        frames.finish()
+    }
+
     /// Reads the summaries of the minutes in each `(from, to]` (minute ends) of `ranges`,
     /// keeping aside every row of the hours `fill` names.
     async fn read(
@@ -477,17 +565,12 @@ impl Copy<'_> {
             self.columns,
             sql_conditions.join(" AND ")
         );
-        let stream = client
-            .copy_out(&sql)
-            .await
-            .map_err(|e| database_error(&e))?;
         let mut rows = SummaryRows::new(self, Some(fill));
         let mut frames = Frames::new(7 + rows.stride);
-        let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
-        while let Some(chunk) = stream.next().await {
-            frames.feed(&chunk?, &mut |data, spans| rows.row(data, spans))?;
-        }
-        frames.finish()?;
+        self.stream(client, &sql, &mut frames, &mut |data, spans| {
+            rows.row(data, spans)
+        })
+        .await?;
         Ok(rows.finish())
     }
 }
@@ -565,7 +648,62 @@ impl<'a> SummaryRows<'a> {
         for (i, value) in values.iter_mut().take(self.stride).enumerate() {
             *value = float_field(data, spans[7 + i])?;
         }
-        let values = &values[..self.stride];
+        self.minute(seen, minute_ms, count, last_ms, &values[..self.stride])
+    }
+
+    /// One packed row: hour, the four label columns, then minute_ms, samples, last_ms and the
+    /// fields read of each metric read, each the hour's minutes side by side in binary form.
+    fn packed_row(&mut self, data: &[u8], spans: &Spans) -> Result<(), PromError> {
+        let key = &data[spans[1].0 - 4..spans[5].0 - 4];
+        let seen = self.seen_of(key, || super::label_values(data, spans))?;
+        let field = |i: usize| match spans[i] {
+            (at, length) if length >= 0 => Ok(&data[at..at + length as usize]),
+            _ => Err(malformed()),
+        };
+        let (minute_ms, samples, last_ms) = (field(5)?, field(6)?, field(7)?);
+        let n = minute_ms.len() / 8;
+        let mut columns: [&[u8]; 2] = [&[], &[]];
+        for (i, column) in columns.iter_mut().take(self.stride).enumerate() {
+            *column = field(8 + i)?;
+        }
+        let columns = &columns[..self.stride];
+        if minute_ms.len() != n * 8
+            || samples.len() != n * 4
+            || last_ms.len() != n * 8
+            || columns.iter().any(|c| c.len() != n * 8)
+        {
+            return Err(malformed());
+        }
+        let eight = |bytes: &[u8], i: usize| -> [u8; 8] {
+            bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default()
+        };
+        let mut values = [0.0; 2];
+        for i in 0..n {
+            let four: [u8; 4] = samples[i * 4..i * 4 + 4].try_into().unwrap_or_default();
+            for (value, column) in values.iter_mut().zip(columns) {
+                *value = f64::from_be_bytes(eight(column, i));
+            }
+            self.minute(
+                seen,
+                i64::from_be_bytes(eight(minute_ms, i)),
+                f64::from(i32::from_be_bytes(four)),
+                i64::from_be_bytes(eight(last_ms, i)),
+                &values[..self.stride],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A minute's summary of the series `seen`: kept aside if its hour is being filled, and
+    /// taken.
+    fn minute(
+        &mut self,
+        seen: usize,
+        minute_ms: i64,
+        count: f64,
+        last_ms: i64,
+        values: &[f64],
+    ) -> Result<(), PromError> {
         if !self.filling.is_empty()
             && let Some(filling) = self.filling.get_mut(&hour_of(minute_ms))
         {

@@ -1,15 +1,16 @@
 //! A stand-in for the service's summarizer, for tests and benchmarks: one statement that
 //! summarises the stored samples per series and right-closed minute into
 //! `system_metrics_minutes`, as the table's contract (its migration) describes, and leaves the
-//! pending ranges as the writer and the summarizer would.
+//! pending ranges as the writer and the summarizer would; then the service's own packing of
+//! every hour summarised whole into `system_metrics_hours`.
 
 /// Summarises every minute ending at or before `through_ms` (Unix ms), clears the pending
 /// ranges, and marks the samples after it pending, as if they were written since the
-/// summarizer's last pass.
+/// summarizer's last pass; then packs every hour no pending range touches.
 pub async fn summarise_through(
     client: &tokio_postgres::Client,
     through_ms: i64,
-) -> Result<(), tokio_postgres::Error> {
+) -> anyhow::Result<()> {
     client
         .batch_execute(&format!(
             "BEGIN;
@@ -39,7 +40,9 @@ pub async fn summarise_through(
              HAVING count(*) > 0;
              COMMIT;"
         ))
-        .await
+        .await?;
+    panopticon::db::pack_every_hour(client, &Default::default(), i64::MAX / 2).await?;
+    Ok(())
 }
 
 /// Marks `[from_ms, to_ms]` pending, as the writer does for the rows it adds there.
