@@ -295,61 +295,7 @@ async fn pass(client: &Client, limit: Duration) -> Result<Option<Pass>, DbError>
     .get(0);
     let mut done = Pass::default();
     if let Some(oldest) = oldest {
-        let last_minute = minute_of(oldest) + (SLICE_MINUTES - 1) * MINUTE_MS;
-        let ranges: Vec<PendingRange> = within(
-            limit,
-            "the pending ranges",
-            client.query(READ_PENDING, &[&last_minute, &MAX_PENDING_ROWS]),
-        )
-        .await?
-        .iter()
-        .map(|row| PendingRange {
-            id: row.get(0),
-            from_ms: row.get(1),
-            to_ms: row.get(2),
-        })
-        .collect();
-        let plan = plan(&ranges, last_minute);
-        let (firsts, lasts): (Vec<i64>, Vec<i64>) = plan.minutes.iter().copied().unzip();
-        let (from_times, to_times): (Vec<_>, Vec<_>) = plan
-            .minutes
-            .iter()
-            .map(|&(first, last)| sample_times(first, last))
-            .unzip();
-        let ids: Vec<i64> = ranges.iter().map(|r| r.id).collect();
-        let (rest_from, rest_to): (Vec<i64>, Vec<i64>) = plan.rest.iter().copied().unzip();
-        within(
-            limit,
-            "the summary delete",
-            client.execute(DELETE_MINUTES, &[&firsts, &lasts]),
-        )
-        .await?;
-        done.rows = within(
-            limit,
-            "the summary insert",
-            client.execute(SUMMARIZE, &[&from_times, &to_times]),
-        )
-        .await?;
-        within(
-            limit,
-            "the pending delete",
-            client.execute(DELETE_PENDING, &[&ids]),
-        )
-        .await?;
-        if !rest_from.is_empty() {
-            within(
-                limit,
-                "the pending split",
-                client.execute(REPEND, &[&rest_from, &rest_to]),
-            )
-            .await?;
-        }
-        done.minutes = plan
-            .minutes
-            .iter()
-            .map(|(first, last)| ((last - first) / MINUTE_MS + 1) as u64)
-            .sum();
-        done.more = !plan.rest.is_empty() || ranges.len() as i64 == MAX_PENDING_ROWS;
+        recompute(client, limit, oldest, &mut done).await?;
     }
     let packed = pack(client, limit, Utc::now().timestamp_millis()).await?;
     done.hours = packed as u64;
@@ -363,6 +309,72 @@ async fn pass(client: &Client, limit: Duration) -> Result<Option<Pass>, DbError>
     done.pending_ranges = figures.get(0);
     done.oldest_pending_ms = figures.get(1);
     Ok(Some(done))
+}
+
+/// Recomputes the minutes of the slice starting at the oldest pending time `oldest` and
+/// deletes the pending ranges read; what it did goes into `done`.
+async fn recompute(
+    client: &Client,
+    limit: Duration,
+    oldest: i64,
+    done: &mut Pass,
+) -> Result<(), DbError> {
+    let last_minute = minute_of(oldest) + (SLICE_MINUTES - 1) * MINUTE_MS;
+    let ranges: Vec<PendingRange> = within(
+        limit,
+        "the pending ranges",
+        client.query(READ_PENDING, &[&last_minute, &MAX_PENDING_ROWS]),
+    )
+    .await?
+    .iter()
+    .map(|row| PendingRange {
+        id: row.get(0),
+        from_ms: row.get(1),
+        to_ms: row.get(2),
+    })
+    .collect();
+    let plan = plan(&ranges, last_minute);
+    let (firsts, lasts): (Vec<i64>, Vec<i64>) = plan.minutes.iter().copied().unzip();
+    let (from_times, to_times): (Vec<_>, Vec<_>) = plan
+        .minutes
+        .iter()
+        .map(|&(first, last)| sample_times(first, last))
+        .unzip();
+    let ids: Vec<i64> = ranges.iter().map(|r| r.id).collect();
+    let (rest_from, rest_to): (Vec<i64>, Vec<i64>) = plan.rest.iter().copied().unzip();
+    within(
+        limit,
+        "the summary delete",
+        client.execute(DELETE_MINUTES, &[&firsts, &lasts]),
+    )
+    .await?;
+    done.rows = within(
+        limit,
+        "the summary insert",
+        client.execute(SUMMARIZE, &[&from_times, &to_times]),
+    )
+    .await?;
+    within(
+        limit,
+        "the pending delete",
+        client.execute(DELETE_PENDING, &[&ids]),
+    )
+    .await?;
+    if !rest_from.is_empty() {
+        within(
+            limit,
+            "the pending split",
+            client.execute(REPEND, &[&rest_from, &rest_to]),
+        )
+        .await?;
+    }
+    done.minutes = plan
+        .minutes
+        .iter()
+        .map(|(first, last)| ((last - first) / MINUTE_MS + 1) as u64)
+        .sum();
+    done.more = !plan.rest.is_empty() || ranges.len() as i64 == MAX_PENDING_ROWS;
+    Ok(())
 }
 
 /// Packs at most [`PACK_HOURS`] hours that ended [`PACK_AFTER_MS`] before `now_ms` and

@@ -169,64 +169,85 @@ async fn read_one(
     }
     let conditions = pushed(&selection.matchers);
     let pending = pending(client, minutes.after_ms(), minutes.last).await?;
-    let fields = fields(&selection.need);
-    let mut values = Vec::new();
-    for (metric, read) in Metric::ALL.iter().zip(metrics) {
-        if read {
-            values.extend(fields.iter().map(|f| format!(", {}_{f}", metric.column())));
-        }
+    let copy = Copy::new(selection, metrics, minutes, &pending, budget, &conditions);
+    let sources = sources(client, &copy).await?;
+    let mut joined = Joined::of(read_sources(&copy, client, second, sources).await?);
+    if !pending.is_empty() {
+        let scan = Scan {
+            conditions: conditions.clone(),
+            metrics,
+            from_ms: selection.start_ms,
+            to_ms: selection.end_ms,
+            members: vec![member],
+        };
+        joined.add_pending(client, &copy, &scan, selections).await?;
     }
-    let values = values.concat();
-    let columns = format!(
-        "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms{values}"
-    );
-    let copy = Copy {
-        selection,
-        metrics,
-        minutes,
-        pending: &pending,
-        budget,
-        conditions: &conditions,
-        fields,
-        read: format!("{columns} | {}", conditions.join(" AND ")).into(),
-        columns,
-        values,
-    };
+    Ok(joined.answer(selection))
+}
 
-    // Each whole hour comes, at the version the snapshot gives it, from the cache (a read of
-    // every minute), else from its packed rows where they are of that version, else from its
-    // minutes; the hours the cache misses are kept once read.
+/// Where the summaries of a read come from.
+struct Sources {
+    /// Whole hours kept in memory at the version the snapshot gives them.
+    kept: Vec<Arc<Hour>>,
+    /// Whole hours to keep once read, with the version they are read at.
+    fill: HashMap<i64, String>,
+    /// Whole hours read from their packed rows, ascending.
+    packed: Vec<i64>,
+    /// The minutes read from minute rows, as ranges `(a, b]` of minute ends.
+    ranges: Ranges,
+}
+
+/// Each whole hour comes, at the version the snapshot gives it, from the cache (a read of
+/// every minute), else from its packed rows where they are of that version, else from its
+/// minutes; the hours the cache misses are kept once read.
+async fn sources(client: &tokio_postgres::Client, copy: &Copy<'_>) -> Result<Sources, PromError> {
+    let (after, last) = (copy.minutes.after_ms(), copy.minutes.last);
     let cache = super::summary_cache();
-    let keep = minutes.contiguous() && cache.enabled();
-    let mut kept: Vec<Arc<Hour>> = Vec::new();
-    let mut fill: HashMap<i64, String> = HashMap::new();
-    let mut packed: Vec<i64> = Vec::new();
-    let whole = whole_hours(minutes.after_ms(), minutes.last);
+    let keep = copy.minutes.contiguous() && cache.enabled();
+    let mut sources = Sources {
+        kept: Vec::new(),
+        fill: HashMap::new(),
+        packed: Vec::new(),
+        ranges: Vec::new(),
+    };
+    let whole = whole_hours(after, last);
     if let (Some(&first), Some(&last)) = (whole.first(), whole.last()) {
         for (hour, version, is_packed) in versions(client, first, last).await? {
             if keep {
                 if let Some(found) = cache.get(&copy.read, hour, &version) {
-                    kept.push(found);
+                    sources.kept.push(found);
                     continue;
                 }
-                fill.insert(hour, version);
+                sources.fill.insert(hour, version);
             }
             if is_packed {
-                packed.push(hour);
+                sources.packed.push(hour);
             }
         }
     }
-    packed.sort_unstable();
-    let mut taken: Vec<i64> = kept
-        .iter()
-        .map(|h| h.number)
-        .chain(packed.clone())
-        .collect();
+    sources.packed.sort_unstable();
+    let mut taken: Vec<i64> = sources.kept.iter().map(|h| h.number).collect();
+    taken.extend_from_slice(&sources.packed);
     taken.sort_unstable();
-    let ranges = without_hours(minutes.after_ms(), minutes.last, &taken);
+    sources.ranges = without_hours(after, last, &taken);
+    Ok(sources)
+}
 
-    // Two connections share a wide read: halves of the minutes where many are read from
-    // minute rows, else halves of the packed hours.
+/// Reads every source, keeping in the cache the hours it was asked to fill. Two connections
+/// share a wide read: halves of the minutes where many are read from minute rows, else
+/// halves of the packed hours.
+async fn read_sources(
+    copy: &Copy<'_>,
+    client: &tokio_postgres::Client,
+    second: Option<&tokio_postgres::Client>,
+    sources: Sources,
+) -> Result<Vec<Series>, PromError> {
+    let Sources {
+        kept,
+        fill,
+        packed,
+        ranges,
+    } = sources;
     let width = |ranges: &[(i64, i64)]| ranges.iter().map(|(a, b)| b - a).sum::<i64>();
     let mut read: Vec<Series> = match second {
         Some(second) if width(&ranges) >= SPLIT_MS => {
@@ -264,39 +285,77 @@ async fn read_one(
             }
         }
     }
+    let cache = super::summary_cache();
     for (number, hour) in filled {
         if let Some(version) = fill.get(&number) {
             cache.put(&copy.read, number, version, hour);
         }
     }
     if !kept.is_empty() {
-        let mut rows = SummaryRows::new(&copy, None);
+        let mut rows = SummaryRows::new(copy, None);
         for hour in &kept {
             rows.hour(hour)?;
         }
         read.push(rows.finish());
     }
-    let mut series: Vec<Parts> = Vec::new();
-    let mut index: HashMap<[String; 4], usize> = HashMap::new();
-    for got in read {
-        for more in got.series {
-            match index.get(&more.labels) {
-                Some(&i) => {
-                    for m in 0..2 {
-                        series[i].parts[m].extend_from_slice(&more.parts[m]);
+    Ok(read)
+}
+
+/// The series of several reads, joined by their label values.
+struct Joined {
+    series: Vec<Parts>,
+    index: HashMap<[String; 4], usize>,
+}
+
+impl Joined {
+    fn of(read: Vec<Series>) -> Joined {
+        let mut joined = Joined {
+            series: Vec::new(),
+            index: HashMap::new(),
+        };
+        for got in read {
+            for more in got.series {
+                match joined.index.get(&more.labels) {
+                    Some(&i) => {
+                        for m in 0..2 {
+                            joined.series[i].parts[m].extend_from_slice(&more.parts[m]);
+                        }
                     }
-                }
-                None => {
-                    index.insert(more.labels.clone(), series.len());
-                    series.push(more);
+                    None => {
+                        joined
+                            .index
+                            .insert(more.labels.clone(), joined.series.len());
+                        joined.series.push(more);
+                    }
                 }
             }
         }
+        joined
     }
 
-    // The raw samples of the pending minutes.
-    if !pending.is_empty() {
-        let times: Vec<String> = pending
+    /// The place of the series of `labels`, made if new.
+    fn at(&mut self, labels: &[String; 4]) -> usize {
+        if let Some(&i) = self.index.get(labels) {
+            return i;
+        }
+        self.index.insert(labels.clone(), self.series.len());
+        self.series.push(Parts {
+            labels: labels.clone(),
+            ..Parts::default()
+        });
+        self.series.len() - 1
+    }
+
+    /// Adds the raw samples of the pending minutes.
+    async fn add_pending(
+        &mut self,
+        client: &tokio_postgres::Client,
+        copy: &Copy<'_>,
+        scan: &Scan,
+        selections: &[Selection],
+    ) -> Result<(), PromError> {
+        let times: Vec<String> = copy
+            .pending
             .iter()
             .map(|(a, b)| {
                 format!(
@@ -306,56 +365,42 @@ async fn read_one(
                 )
             })
             .collect();
-        let scan = Scan {
-            conditions,
-            metrics,
-            from_ms: selection.start_ms,
-            to_ms: selection.end_ms,
-            members: vec![member],
-        };
         let reads = copy_raw(
             client,
-            &scan,
+            scan,
             selections,
-            budget,
-            minutes.after_ms(),
-            minutes.last,
+            copy.budget,
+            copy.minutes.after_ms(),
+            copy.minutes.last,
             Some(format!("({})", times.join(" OR "))),
         )
         .await?;
         for read in reads {
-            let at = match index.get(&read.labels) {
-                Some(&i) => i,
-                None => {
-                    index.insert(read.labels.clone(), series.len());
-                    series.push(Parts {
-                        labels: read.labels.clone(),
-                        ..Parts::default()
-                    });
-                    series.len() - 1
-                }
-            };
+            let at = self.at(&read.labels);
             for m in 0..2 {
                 if read.keep[m] {
                     let samples = read.timestamps.iter().zip(&read.values[m]);
-                    series[at].parts[m].extend(samples.map(|(&t, &v)| Part::Sample { t, v }));
+                    self.series[at].parts[m].extend(samples.map(|(&t, &v)| Part::Sample { t, v }));
                 }
             }
         }
+        Ok(())
     }
 
-    let mut out: Vec<(Labels, Vec<Part>)> = Vec::new();
-    for s in series {
-        for (metric, mut parts) in Metric::ALL.into_iter().zip(s.parts) {
-            let labels = labels_of(metric, &s.labels);
-            if parts.is_empty() || !matches(&selection.matchers, &labels) {
-                continue;
+    fn answer(self, selection: &Selection) -> Answer {
+        let mut out: Vec<(Labels, Vec<Part>)> = Vec::new();
+        for s in self.series {
+            for (metric, mut parts) in Metric::ALL.into_iter().zip(s.parts) {
+                let labels = labels_of(metric, &s.labels);
+                if parts.is_empty() || !matches(&selection.matchers, &labels) {
+                    continue;
+                }
+                parts.sort_by_key(Part::key);
+                out.push((labels, parts));
             }
-            parts.sort_by_key(Part::key);
-            out.push((labels, parts));
         }
+        Answer::from_parts(&selection.need, out)
     }
-    Ok(Answer::from_parts(&selection.need, out))
 }
 
 pub(super) use crate::db::summaries::HOUR_MS;
@@ -476,7 +521,40 @@ struct Series {
     filled: HashMap<i64, Hour>,
 }
 
-impl Copy<'_> {
+impl<'a> Copy<'a> {
+    fn new(
+        selection: &'a Selection,
+        metrics: [bool; 2],
+        minutes: Minutes,
+        pending: &'a [(i64, i64)],
+        budget: &'a Budget,
+        conditions: &'a [String],
+    ) -> Copy<'a> {
+        let fields = fields(&selection.need);
+        let mut values = Vec::new();
+        for (metric, read) in Metric::ALL.iter().zip(metrics) {
+            if read {
+                values.extend(fields.iter().map(|f| format!(", {}_{f}", metric.column())));
+            }
+        }
+        let values = values.concat();
+        let columns = format!(
+            "minute_ms, service, pod_name, namespace, node_name, samples::int8, last_ms{values}"
+        );
+        Copy {
+            selection,
+            metrics,
+            minutes,
+            pending,
+            budget,
+            conditions,
+            fields,
+            read: format!("{columns} | {}", conditions.join(" AND ")).into(),
+            columns,
+            values,
+        }
+    }
+
     /// Reads the packed `hours`, then the minutes of `ranges`, over one connection.
     async fn read_all(
         &self,
