@@ -381,7 +381,7 @@ async fn recompute(
 /// need it, in the pass's transaction; returns how many. The versions read here are those
 /// the hours' rows are packed from: a concurrent change to an hour's summaries conflicts
 /// with the update of its version and fails the pass, leaving nothing half done.
-pub(crate) async fn pack(client: &Client, limit: Duration, now_ms: i64) -> Result<usize, DbError> {
+async fn pack(client: &Client, limit: Duration, now_ms: i64) -> Result<usize, DbError> {
     let before = (now_ms - PACK_AFTER_MS).div_euclid(HOUR_MS);
     let hours: Vec<i64> = within(
         limit,

@@ -461,21 +461,18 @@ async fn kept_hours_of_summaries_answer_only_while_they_are_what_the_table_holds
     assert_window_exact(&app, &s.db, t, "after another instance's pass").await;
 }
 
-/// How many hours' packed rows are of the hours' current versions.
-async fn packed_hours(db: &TestDatabase) -> i64 {
-    db.count("SELECT count(*) FROM system_metrics_minutes_versions WHERE packed = version")
-        .await
-}
-
+/// Waits until at least `hours` hours' packed rows are of the hours' current versions.
 async fn wait_until_packed(db: &TestDatabase, hours: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while packed_hours(db).await < hours {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hours still unpacked after 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let packed = wait_for_count(
+        db,
+        "SELECT count(*) FROM system_metrics_minutes_versions WHERE packed = version",
+        hours,
+    )
+    .await;
+    assert!(
+        packed >= hours,
+        "{packed} of {hours} hours packed after 90 s"
+    );
 }
 
 #[tokio::test]

@@ -590,29 +590,34 @@ impl<'a> Copy<'a> {
             self.values,
             sql_conditions.join(" AND ")
         );
-        let mut rows = SummaryRows::new(self, Some(fill));
-        let mut frames = Frames::new(8 + rows.stride);
-        self.stream(client, &sql, &mut frames, &mut |data, spans| {
-            rows.packed_row(data, spans)
-        })
-        .await?;
-        Ok(rows.finish())
+        self.copy_rows(client, &sql, fill, true).await
     }
 
-    /// Hands every row of a binary COPY out to `row`.
-    async fn stream(
+    /// Turns the rows of a binary COPY out into series, minute rows or `packed` ones,
+    /// keeping aside every minute of the hours `fill` names.
+    async fn copy_rows(
         &self,
         client: &tokio_postgres::Client,
         sql: &str,
-        frames: &mut Frames,
-        row: &mut impl FnMut(&[u8], &Spans) -> Result<(), PromError>,
-    ) -> Result<(), PromError> {
+        fill: &HashMap<i64, String>,
+        packed: bool,
+    ) -> Result<Series, PromError> {
+        let mut rows = SummaryRows::new(self, Some(fill));
+        // Packed rows carry the hour and the minutes' ends besides a minute row's fields.
+        let mut frames = Frames::new(rows.stride + if packed { 8 } else { 7 });
         let stream = client.copy_out(sql).await.map_err(|e| database_error(&e))?;
         let mut stream = std::pin::pin!(stream.map_err(|e| database_error(&e)));
         while let Some(chunk) = stream.next().await {
-            frames.feed(&chunk?, row)?;
+            frames.feed(&chunk?, &mut |data, spans| {
+                if packed {
+                    rows.packed_row(data, spans)
+                } else {
+                    rows.row(data, spans)
+                }
+            })?;
         }
-        frames.finish()
+        frames.finish()?;
+        Ok(rows.finish())
     }
 
     /// Reads the summaries of the minutes in each `(from, to]` (minute ends) of `ranges`,
@@ -643,13 +648,7 @@ impl<'a> Copy<'a> {
             self.columns,
             sql_conditions.join(" AND ")
         );
-        let mut rows = SummaryRows::new(self, Some(fill));
-        let mut frames = Frames::new(7 + rows.stride);
-        self.stream(client, &sql, &mut frames, &mut |data, spans| {
-            rows.row(data, spans)
-        })
-        .await?;
-        Ok(rows.finish())
+        self.copy_rows(client, &sql, fill, false).await
     }
 }
 
